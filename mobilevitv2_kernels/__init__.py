@@ -1,0 +1,21 @@
+"""Fused kernels for MobileViTV2: separable self-attention and unfold/fold patching.
+
+Every op is a torch custom op in the ``mobilevitv2`` namespace (fake kernel and autograd included), with
+three interchangeable backends: ``reference`` (pure PyTorch, the oracle, runs anywhere), ``triton`` and
+``cuda`` (a JIT-built extension). ``backend="auto"`` picks the fastest one available for the input.
+"""
+
+from mobilevitv2_kernels import reference
+from mobilevitv2_kernels.backends import BACKEND_NAMES, BackendUnavailableError, available_backends
+from mobilevitv2_kernels.patching import fold, unfold
+from mobilevitv2_kernels.separable_attention import separable_attention
+
+__all__ = [
+    "BACKEND_NAMES",
+    "BackendUnavailableError",
+    "available_backends",
+    "fold",
+    "reference",
+    "separable_attention",
+    "unfold",
+]

@@ -1,0 +1,124 @@
+"""Which implementations of the ops can run here, and which one ``backend="auto"`` picks.
+
+A backend is a module exposing the same four functions as :mod:`mobilevitv2_kernels.reference`:
+``separable_attention_forward(qkv)``, ``separable_attention_backward(grad_out, qkv)``,
+``unfold_forward(x, patch_h, patch_w)`` and ``fold_forward(patches, height, width, patch_h, patch_w)``.
+Each returns a new contiguous tensor of the input's dtype. Backends are loaded lazily, once per process;
+a backend that cannot load (no Triton, no GPU, no compiler, a failed build) is reported with its reason
+and never breaks ``import mobilevitv2_kernels``.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+from types import ModuleType
+
+import torch
+
+BACKEND_NAMES = ("reference", "triton", "cuda")
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+class BackendUnavailableError(RuntimeError):
+    """Raised when an explicitly requested backend cannot run here; the message says why."""
+
+
+def triton_interpreter_enabled() -> bool:
+    """True when Triton kernels run on CPU tensors through ``TRITON_INTERPRET=1`` (read once per call site
+    that asks; never inside a kernel launch)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@functools.cache
+def _load(name: str) -> ModuleType:
+    if name == "reference":
+        return importlib.import_module("mobilevitv2_kernels.reference")
+    if name == "triton":
+        try:
+            return importlib.import_module("mobilevitv2_kernels.triton_kernels")
+        except ImportError as exc:  # triton missing on this platform
+            raise BackendUnavailableError(f"the 'triton' backend needs the triton package ({exc})") from exc
+    if name == "cuda":
+        from mobilevitv2_kernels import cuda_extension
+
+        return cuda_extension.load()  # raises BackendUnavailableError with the reason
+    raise ValueError(f"unknown backend {name!r}; expected one of {BACKEND_NAMES + ('auto',)}")
+
+
+def unavailable_reason(name: str, device_type: str) -> str | None:
+    """None if backend ``name`` can run on ``device_type`` ("cpu", "cuda"), else a short reason."""
+    if name not in BACKEND_NAMES:
+        raise ValueError(f"unknown backend {name!r}; expected one of {BACKEND_NAMES + ('auto',)}")
+    if name == "reference":
+        return None
+    if device_type == "cpu":
+        if name == "cuda":
+            return "the 'cuda' backend runs only on CUDA tensors"
+        if not triton_interpreter_enabled():
+            return "the 'triton' backend runs on CPU tensors only under TRITON_INTERPRET=1"
+    elif device_type == "cuda":
+        if name == "triton" and triton_interpreter_enabled():
+            return "TRITON_INTERPRET=1 is set, so Triton kernels cannot run on CUDA tensors"
+        if not torch.cuda.is_available():
+            return "no CUDA device is available"
+    else:
+        return f"kernels support cpu and cuda tensors, not {device_type}"
+    try:
+        _load(name)
+    except BackendUnavailableError as exc:
+        return str(exc)
+    return None
+
+
+def available_backends(device: str | torch.device | None = None) -> list[str]:
+    """The backends that can run on ``device`` (default: CUDA if present, else CPU)."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device_type = torch.device(device).type
+    return [name for name in BACKEND_NAMES if unavailable_reason(name, device_type) is None]
+
+
+def auto_backend(device_type: str, dtype: torch.dtype) -> str:
+    """The backend ``"auto"`` selects. On the CPU this is always the reference (the Triton interpreter is a
+    test vehicle, not a fast path). On CUDA: the CUDA extension, then Triton, then the reference."""
+    if device_type != "cuda" or dtype not in KERNEL_DTYPES:
+        return "reference"
+    for name in ("cuda", "triton"):
+        if unavailable_reason(name, device_type) is None:
+            return name
+    return "reference"
+
+
+def resolve(backend: str, tensor: torch.Tensor) -> str:
+    """Turn a user's backend choice into a concrete backend for ``tensor``, or raise a clear error."""
+    if backend == "auto":
+        return auto_backend(tensor.device.type, tensor.dtype)
+    reason = unavailable_reason(backend, tensor.device.type)
+    if reason is not None:
+        raise BackendUnavailableError(
+            f"backend {backend!r} cannot run here: {reason}. "
+            f"Available for {tensor.device.type}: {available_backends(tensor.device)}"
+        )
+    if backend != "reference" and tensor.dtype not in KERNEL_DTYPES:
+        raise TypeError(
+            f"backend {backend!r} supports float32, float16 and bfloat16, got {tensor.dtype}; "
+            "use backend='reference' for other dtypes"
+        )
+    return backend
+
+
+def implementation(name: str) -> ModuleType:
+    """The loaded module of a concrete backend name (already validated by :func:`resolve`)."""
+    return _load(name)
+
+
+def as_new_contiguous(out: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
+    """A registered op must return a fresh tensor with the strides its fake kernel promises (contiguous).
+    The kernels already do; this only copies when a reference result is a strided view or aliases an input."""
+    out = out.contiguous()
+    storage = out.untyped_storage().data_ptr()
+    if out.numel() and any(t.numel() and t.untyped_storage().data_ptr() == storage for t in inputs):
+        out = out.clone(memory_format=torch.contiguous_format)
+    return out
