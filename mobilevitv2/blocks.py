@@ -1,0 +1,150 @@
+"""The MobileViTV2 block: local conv, unfold to patches, separable-attention transformer, fold, projection.
+
+Every block runs its patching and attention either in reference PyTorch (``backend="eager"``) or through
+the registered ``mobilevitv2_kernels`` ops with a named kernel backend (``"triton"``, ``"cuda"``, or
+``"auto"``). The backend is passed down explicitly from the block; nothing here reads global state.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import mobilevitv2_kernels
+from mobilevitv2.config import MobileViTV2Config
+from mobilevitv2.layers import MobileViTV2ConvLayer, MobileViTV2InvertedResidual
+from mobilevitv2_kernels import reference
+
+EAGER = "eager"
+
+
+class MobileViTV2LinearSelfAttention(nn.Module):
+    """Separable self-attention over (B, d, P, N) patches (spec section 3)."""
+
+    def __init__(self, config: MobileViTV2Config, embed_dim: int) -> None:
+        super().__init__()
+        self.embed_dim = embed_dim
+        self.qkv_proj = MobileViTV2ConvLayer(
+            config, embed_dim, 1 + 2 * embed_dim, kernel_size=1, bias=True, use_normalization=False, use_activation=False
+        )
+        self.attn_dropout = nn.Dropout(p=config.attn_dropout)
+        self.out_proj = MobileViTV2ConvLayer(
+            config, embed_dim, embed_dim, kernel_size=1, bias=True, use_normalization=False, use_activation=False
+        )
+
+    def forward(self, x: torch.Tensor, backend: str = EAGER) -> torch.Tensor:
+        qkv = self.qkv_proj(x)  # (B, 1+2d, P, N)
+        dropout_active = self.training and self.attn_dropout.p > 0
+        if backend == EAGER or dropout_active:  # the fused kernel has no dropout on the scores
+            query, key, value = torch.split(qkv, [1, self.embed_dim, self.embed_dim], dim=1)
+            scores = self.attn_dropout(torch.softmax(query, dim=-1))  # softmax over the N patches
+            context = torch.sum(key * scores, dim=-1, keepdim=True)  # (B, d, P, 1)
+            out = F.relu(value) * context.expand_as(value)
+        else:
+            out = mobilevitv2_kernels.separable_attention(qkv, backend=backend)
+        return self.out_proj(out)
+
+
+class MobileViTV2FFN(nn.Module):
+    def __init__(self, config: MobileViTV2Config, embed_dim: int, hidden_dim: int) -> None:
+        super().__init__()
+        self.conv1 = MobileViTV2ConvLayer(
+            config, embed_dim, hidden_dim, kernel_size=1, bias=True, use_normalization=False, use_activation=True
+        )
+        self.dropout1 = nn.Dropout(config.ffn_dropout)
+        self.conv2 = MobileViTV2ConvLayer(
+            config, hidden_dim, embed_dim, kernel_size=1, bias=True, use_normalization=False, use_activation=False
+        )
+        self.dropout2 = nn.Dropout(config.ffn_dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout2(self.conv2(self.dropout1(self.conv1(x))))
+
+
+class MobileViTV2TransformerLayer(nn.Module):
+    """Pre-norm: h = x + attn(GN(x)); out = h + ffn(GN(h)). GN is a one-group GroupNorm over (d, P, N)."""
+
+    def __init__(self, config: MobileViTV2Config, embed_dim: int, ffn_dim: int) -> None:
+        super().__init__()
+        self.layernorm_before = nn.GroupNorm(1, embed_dim, eps=config.layer_norm_eps)
+        self.attention = MobileViTV2LinearSelfAttention(config, embed_dim)
+        self.layernorm_after = nn.GroupNorm(1, embed_dim, eps=config.layer_norm_eps)
+        self.ffn = MobileViTV2FFN(config, embed_dim, ffn_dim)
+
+    def forward(self, x: torch.Tensor, backend: str = EAGER) -> torch.Tensor:
+        x = self.attention(self.layernorm_before(x), backend) + x
+        return self.ffn(self.layernorm_after(x)) + x
+
+
+class MobileViTV2Transformer(nn.Module):
+    def __init__(self, config: MobileViTV2Config, embed_dim: int, n_layers: int) -> None:
+        super().__init__()
+        ffn_dim = int(config.ffn_multiplier * embed_dim // 16 * 16)
+        self.layer = nn.ModuleList(MobileViTV2TransformerLayer(config, embed_dim, ffn_dim) for _ in range(n_layers))
+
+    def forward(self, x: torch.Tensor, backend: str = EAGER) -> torch.Tensor:
+        for layer in self.layer:
+            x = layer(x, backend)
+        return x
+
+
+class MobileViTV2Layer(nn.Module):
+    """One stage of stages 3-5: down-sampling inverted residual, then the MobileViTV2 block."""
+
+    def __init__(
+        self,
+        config: MobileViTV2Config,
+        in_channels: int,
+        out_channels: int,
+        attn_unit_dim: int,
+        n_attn_blocks: int,
+        dilation: int = 1,
+    ) -> None:
+        super().__init__()
+        self.patch_size = (config.patch_size, config.patch_size)
+        self.resize_to_patch_multiple = config.non_divisible_patching == "resize"
+        # Under output stride 8/16 the stage stops down-sampling and dilates instead.
+        self.downsampling_layer = MobileViTV2InvertedResidual(
+            config,
+            in_channels,
+            out_channels,
+            stride=2 if dilation == 1 else 1,
+            dilation=dilation // 2 if dilation > 1 else 1,
+        )
+        local_dilation = dilation if config.dilate_local_conv else 1
+        self.conv_kxk = MobileViTV2ConvLayer(
+            config, out_channels, out_channels, config.conv_kernel_size, groups=out_channels, dilation=local_dilation
+        )
+        self.conv_1x1 = MobileViTV2ConvLayer(
+            config, out_channels, attn_unit_dim, kernel_size=1, use_normalization=False, use_activation=False
+        )
+        self.transformer = MobileViTV2Transformer(config, attn_unit_dim, n_attn_blocks)
+        self.layernorm = nn.GroupNorm(1, attn_unit_dim, eps=config.layer_norm_eps)
+        self.conv_projection = MobileViTV2ConvLayer(
+            config, attn_unit_dim, out_channels, kernel_size=1, use_normalization=True, use_activation=False
+        )
+
+    def _resize_up_to_patch_multiple(self, x: torch.Tensor) -> torch.Tensor:
+        (ph, pw), (H, W) = self.patch_size, x.shape[-2:]
+        size = (-(-H // ph) * ph, -(-W // pw) * pw)
+        if size == (H, W):
+            return x
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=True)
+
+    def forward(self, x: torch.Tensor, backend: str = EAGER) -> torch.Tensor:
+        x = self.downsampling_layer(x)  # (B, C, H, W)
+        if self.resize_to_patch_multiple:
+            x = self._resize_up_to_patch_multiple(x)
+        x = self.conv_1x1(self.conv_kxk(x))  # (B, d, H, W)
+        size = (x.shape[-2], x.shape[-1])
+        if backend == EAGER:
+            patches = reference.unfold_forward(x, *self.patch_size)  # (B, d, P, N)
+        else:
+            patches = mobilevitv2_kernels.unfold(x, self.patch_size, backend=backend)
+        patches = self.layernorm(self.transformer(patches, backend))
+        if backend == EAGER:
+            x = reference.fold_forward(patches, *size, *self.patch_size)  # (B, d, H, W)
+        else:
+            x = mobilevitv2_kernels.fold(patches, size, self.patch_size, backend=backend)
+        return self.conv_projection(x)  # (B, C, H, W)
