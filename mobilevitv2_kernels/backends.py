@@ -47,6 +47,7 @@ def _load(name: str) -> ModuleType:
     raise ValueError(f"unknown backend {name!r}; expected one of {BACKEND_NAMES + ('auto',)}")
 
 
+@torch.compiler.assume_constant_result  # torch.compile evaluates this at trace time instead of tracing imports
 def unavailable_reason(name: str, device_type: str) -> str | None:
     """None if backend ``name`` can run on ``device_type`` ("cpu", "cuda"), else a short reason."""
     if name not in BACKEND_NAMES:

@@ -30,15 +30,16 @@ def separable_attention_forward(qkv: torch.Tensor) -> torch.Tensor:
 
 
 def separable_attention_backward(grad_out: torch.Tensor, qkv: torch.Tensor) -> torch.Tensor:
-    """Gradient of :func:`separable_attention_forward` with respect to ``qkv``, computed in fp32.
+    """Gradient of :func:`separable_attention_forward` with respect to ``qkv``, computed in fp32 (fp64 for fp64).
 
     With s = softmax_N(q), c = sum_N k*s, out = relu(v)*c:
       dv = g * c * [v > 0];  dc = sum_N g*relu(v);  dk = dc * s;
       ds = sum_d dc*k;       dq = s * (ds - sum_N ds*s).
     """
     d = (qkv.shape[1] - 1) // 2
-    q, k, v = torch.split(qkv.float(), [1, d, d], dim=1)
-    g = grad_out.float()
+    compute = torch.promote_types(qkv.dtype, torch.float32)  # fp32, or fp64 for fp64 inputs
+    q, k, v = torch.split(qkv.to(compute), [1, d, d], dim=1)
+    g = grad_out.to(compute)
     s = torch.softmax(q, dim=-1)  # (B, 1, P, N)
     context = torch.sum(k * s, dim=-1, keepdim=True)  # (B, d, P, 1)
     relu_v = F.relu(v)
