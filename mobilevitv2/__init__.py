@@ -1,6 +1,7 @@
 """MobileViTV2 for PyTorch: transformers-exact reference models with fused separable-attention kernels."""
 
 from mobilevitv2.config import WIDTH_PRESETS, MobileViTV2Config
+from mobilevitv2.image_processing import MobileViTV2ImageProcessor
 from mobilevitv2.loading import CheckpointError
 from mobilevitv2.models import (
     MobileViTV2ForImageClassification,
@@ -17,6 +18,7 @@ __all__ = [
     "MobileViTV2Config",
     "MobileViTV2ForImageClassification",
     "MobileViTV2ForSemanticSegmentation",
+    "MobileViTV2ImageProcessor",
     "MobileViTV2Model",
     "MobileViTV2PreTrainedModel",
 ]
