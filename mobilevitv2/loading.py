@@ -80,6 +80,28 @@ def adapt_prefix(state_dict: Mapping[str, torch.Tensor], model: nn.Module, prefi
     return dict(state_dict)
 
 
+STEM_WEIGHT = "conv_stem.convolution.weight"
+
+
+def adapt_stem_channels(state_dict: Mapping[str, torch.Tensor], num_channels: int) -> dict[str, torch.Tensor]:
+    """Fit a checkpoint's stem conv (C0, 3, k, k) to ``num_channels`` inputs so that the model computes the
+    same function on the RGB part: extra input channels get zero weights; for 1 channel the RGB weights are
+    summed (a grey image then gives what its RGB replica gave)."""
+    state_dict = dict(state_dict)
+    key = next((k for k in state_dict if k.endswith(STEM_WEIGHT)), None)
+    if key is None:
+        raise CheckpointError(f"the checkpoint has no stem weight (*{STEM_WEIGHT}) to adapt to {num_channels} channels")
+    weight = state_dict[key]
+    out_channels, in_channels, kh, kw = weight.shape
+    if num_channels == 1 and in_channels > 1:
+        state_dict[key] = weight.sum(dim=1, keepdim=True)
+    elif num_channels > in_channels:
+        state_dict[key] = torch.cat([weight, weight.new_zeros(out_channels, num_channels - in_channels, kh, kw)], dim=1)
+    elif num_channels != in_channels:
+        raise CheckpointError(f"cannot adapt the checkpoint's {in_channels}-channel stem to {num_channels} channels")
+    return state_dict
+
+
 def load_state_dict_checked(
     model: nn.Module, state_dict: Mapping[str, torch.Tensor], strict: bool = True, source: str = "checkpoint"
 ) -> None:

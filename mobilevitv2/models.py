@@ -102,13 +102,17 @@ class MobileViTV2PreTrainedModel(nn.Module):
     ):
         """Load a transformers-format directory (``config.json`` + ``model.safetensors`` or
         ``pytorch_model.bin``) or a Hub id (needs ``huggingface_hub``). ``config_overrides`` set config
-        fields (``attn_implementation="triton"``, ``num_labels=10`` with ``strict=False``, ...).
+        fields (``attn_implementation="triton"``, ``num_labels=10`` with ``strict=False``, ...);
+        ``num_channels`` adapts the stem (:func:`mobilevitv2.loading.adapt_stem_channels`).
         Every key must fit unless ``strict=False``; errors name the missing, unexpected or mis-shaped keys."""
         directory = loading.resolve_directory(path_or_id, revision=revision, cache_dir=cache_dir)
         attn_implementation = config_overrides.pop("attn_implementation", None)
         config = MobileViTV2Config.from_pretrained(directory, **config_overrides)
         model = cls(config)
-        state_dict = loading.adapt_prefix(loading.read_state_dict(directory), model, cls.base_model_prefix)
+        state_dict = loading.read_state_dict(directory)
+        if "num_channels" in config_overrides:  # e.g. RGB weights for RGB + depth inputs
+            state_dict = loading.adapt_stem_channels(state_dict, config.num_channels)
+        state_dict = loading.adapt_prefix(state_dict, model, cls.base_model_prefix)
         loading.load_state_dict_checked(model, state_dict, strict=strict, source=str(path_or_id))
         model.eval()
         if dtype is not None or device is not None:
@@ -162,10 +166,10 @@ class MobileViTV2Encoder(nn.Module):
             ]
         )
 
-    def forward(self, x: torch.Tensor, backend: str) -> list[torch.Tensor]:
-        """(B, C0, H/2, W/2) -> the five stage outputs."""
+    def forward(self, x: torch.Tensor, backend: str, num_stages: int | None = None) -> list[torch.Tensor]:
+        """(B, C0, H/2, W/2) -> the outputs of the first ``num_stages`` stages (default: all five)."""
         hidden_states = []
-        for i, stage in enumerate(self.layer):
+        for i, stage in enumerate(self.layer[:num_stages]):
             x = stage(x) if i < 2 else stage(x, backend)
             hidden_states.append(x)
         return hidden_states
@@ -218,6 +222,30 @@ class MobileViTV2Model(MobileViTV2PreTrainedModel):
         if impl == "auto":
             return "auto" if x.device.type == "cuda" else EAGER
         return impl
+
+    # ----- multi-scale features (like timm's features_only) --------------------------------------------------
+    @property
+    def feature_info(self) -> list[dict[str, Any]]:
+        """One entry per stage (``encoder.layer.i``, transformers' ``hidden_states[i]``): its index, module,
+        channels (``num_chs``) and ``reduction``, the input-to-feature stride (2, 4, 8, 16, 32, capped by
+        ``output_stride``: 16 and 16 for the last two stages at OS 16)."""
+        channels = self.config.stage_channels[1:]
+        return [
+            {"stage": i, "module": f"encoder.layer.{i}", "num_chs": c, "reduction": min(2 ** (i + 1), self.config.output_stride)}
+            for i, c in enumerate(channels)
+        ]
+
+    def forward_features(self, pixel_values: torch.Tensor, stages: tuple[int, ...] = (0, 1, 2, 3, 4)) -> list[torch.Tensor]:
+        """The feature maps of ``stages`` (indices into :attr:`feature_info`), in that order; stages after the
+        last one asked for are not run. Each map is (B, num_chs, ~H/reduction, ~W/reduction)."""
+        stages = tuple(stages)
+        if not stages or any(not 0 <= s < len(self.encoder.layer) for s in stages):
+            raise ValueError(f"stages must be a non-empty selection of 0..{len(self.encoder.layer) - 1}, got {stages}")
+        self._check_pixel_values(pixel_values)
+        self._check_size(pixel_values.shape[2], pixel_values.shape[3])
+        x = self.conv_stem(pixel_values)  # (B, C0, H/2, W/2)
+        hidden_states = self.encoder(x, self._block_backend(x), num_stages=max(stages) + 1)
+        return [hidden_states[s] for s in stages]
 
     def forward(
         self,
