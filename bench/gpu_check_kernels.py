@@ -284,7 +284,7 @@ def sweep(tk, bench, copy_ms, shapes, device) -> list[dict]:
             rows.append({"shape": [B, d, P, N], "op": "fwd", "config": cfg, "ms": t, "copy_fraction": copy_fwd / t})
             if best_fwd is None or t < best_fwd[1]:
                 best_fwd = (cfg, t)
-            for split in (None, 1, 4):
+            for split in (None, 1, 2, 4):
                 bcfg = dict(cfg, split=split) if split is not None else dict(cfg)
                 try:
                     t = bench(lambda: tk.separable_attention_backward(grad, qkv, **bcfg), rep=50)

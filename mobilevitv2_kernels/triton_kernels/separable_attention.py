@@ -4,9 +4,9 @@ Notation (as in :mod:`mobilevitv2_kernels.reference`): ``qkv`` is (B, 1+2d, P, N
 [query (1), key (d), value (d)]; for every (b, p): ``s = softmax_N(q)``, ``c = sum_N k*s`` (one value per
 key channel), ``out = relu(v) * c``. All arithmetic is fp32; inputs and outputs keep the caller's dtype.
 
-Forward: one program per (b*p, block of BLOCK_D key/value channels). It recomputes the softmax statistics of
-the single query channel (1/(2d+1) of the bytes, mostly an L2 hit), so the grid has many independent programs
-and each reads its k and v rows once and writes its output rows once. When N fits one block (N <= BLOCK_N)
+Forward: one program per (b*p, block of BLOCK_D key/value channels), d-blocks adjacent in launch order. Each
+recomputes the softmax statistics of the single query channel (1/(2d+1) of the bytes, mostly an L2 hit), so
+the grid has many independent programs and each reads its k and v rows once and writes its output rows once. When N fits one block (N <= BLOCK_N)
 everything is one pass; otherwise a first loop over N keeps an online (max-rescaled) softmax and the context,
 and a second loop writes ``relu(v) * c``.
 
@@ -65,12 +65,15 @@ def _separable_attention_fwd_kernel(
     P,  # patch pixels
     N,  # patches (softmax length)
     D,  # key/value channels
+    NUM_D_BLOCKS,  # cdiv(D, BLOCK_D)
     BLOCK_D: tl.constexpr,  # key/value channels per program
     BLOCK_N: tl.constexpr,  # patches per tile (>= N when SINGLE_N)
     SINGLE_N: tl.constexpr,  # N <= BLOCK_N: one pass, every input element loaded once
 ):
-    pid_bp = tl.program_id(0)  # b * P + p
-    pid_d = tl.program_id(1)  # block of BLOCK_D channels
+    # 1-D grid, d-blocks fastest: programs that run together share (b, p) and so the query row (L2 hits).
+    pid = tl.program_id(0)
+    pid_bp = pid // NUM_D_BLOCKS  # b * P + p
+    pid_d = pid % NUM_D_BLOCKS  # block of BLOCK_D channels
     b = pid_bp // P
     p = pid_bp % P
 
@@ -352,14 +355,15 @@ def separable_attention_forward(
     if out.numel() == 0:
         return out
     block_d, block_n = _blocks(D, N, block_d, block_n)
-    grid = (B * P, triton.cdiv(D, block_d))
-    _separable_attention_fwd_kernel[grid](
+    num_d_blocks = triton.cdiv(D, block_d)
+    _separable_attention_fwd_kernel[(B * P * num_d_blocks,)](
         qkv,
         out,
         *qkv.stride(),
         P,
         N,
         D,
+        num_d_blocks,
         BLOCK_D=block_d,
         BLOCK_N=block_n,
         SINGLE_N=N <= block_n,
