@@ -1,0 +1,172 @@
+"""ONNX export of the reference (eager) path at opset 17.
+
+transformers' MobileViTV2 needs opset 18 because its fold is ``F.fold`` (ONNX ``Col2Im``); this package's
+eager unfold/fold are reshape/permute/pad, so the graph holds only long-standing ops. Export uses torch's
+TorchScript-based exporter: the torch.export-based one writes opset 18 or later.
+
+The spatial input size is fixed at export (``height`` x ``width``), the batch size is dynamic. Two places
+whose output size transformers computes from the runtime shape get that size fixed too, so the graph has no
+data-dependent ``Resize``: the DeepLabV3 image-pooling branch, whose bilinear upsampling of a 1x1 map is a
+broadcast (``Expand``; equal to PyTorch's interpolation up to float rounding), and, with
+``non_divisible_patching="resize"``, the resizing of feature maps that are not a multiple of the patch
+(a ``Resize`` to constant sizes). Needs ``onnx`` to check the file and ``onnxruntime`` to run it
+(``pip install "mobilevitv2[onnx]"``).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import warnings
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mobilevitv2.blocks import MobileViTV2Layer
+from mobilevitv2.heads import MobileViTV2ASPPPooling
+from mobilevitv2.models import (
+    MobileViTV2ForImageClassification,
+    MobileViTV2ForSemanticSegmentation,
+    MobileViTV2Model,
+    MobileViTV2PreTrainedModel,
+)
+
+OPSET = 17
+
+
+class _BroadcastPooling(nn.Module):
+    """The ASPP image-pooling branch with its output size fixed: pool, 1x1 conv, broadcast to (h, w)."""
+
+    def __init__(self, branch: MobileViTV2ASPPPooling, size: tuple[int, int]) -> None:
+        super().__init__()
+        self.global_pool, self.conv_1x1, self.size = branch.global_pool, branch.conv_1x1, size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv_1x1(self.global_pool(x)).expand(-1, -1, *self.size)
+
+
+class _ResizeTo(nn.Module):
+    """A block's down-sampling layer followed by the resize to a patch multiple, to a size fixed at export."""
+
+    def __init__(self, downsampling_layer: nn.Module, size: tuple[int, int]) -> None:
+        super().__init__()
+        self.downsampling_layer, self.size = downsampling_layer, size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.downsampling_layer(x)
+        if tuple(x.shape[-2:]) == self.size:
+            return x
+        return F.interpolate(x, size=self.size, mode="bilinear", align_corners=True)
+
+
+class _TensorOutputs(nn.Module):
+    """The model with plain tensor outputs, named by :func:`output_names`."""
+
+    def __init__(self, model: MobileViTV2PreTrainedModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor):
+        if isinstance(self.model, (MobileViTV2ForImageClassification, MobileViTV2ForSemanticSegmentation)):
+            return self.model(pixel_values, return_dict=False)[0]
+        if hasattr(self.model, "out_indices"):  # MobileViTV2Backbone
+            return tuple(self.model(pixel_values))
+        return tuple(self.model(pixel_values, return_dict=False))
+
+
+def output_names(model: MobileViTV2PreTrainedModel) -> list[str]:
+    if isinstance(model, (MobileViTV2ForImageClassification, MobileViTV2ForSemanticSegmentation)):
+        return ["logits"]
+    if hasattr(model, "out_indices"):
+        return [f"stage{i}" for i in model.out_indices]
+    if isinstance(model, MobileViTV2Model):
+        return ["last_hidden_state", "pooler_output"] if model.expand_output else ["last_hidden_state"]
+    raise TypeError(f"cannot export a {type(model).__name__}")
+
+
+def exportable_copy(model: MobileViTV2PreTrainedModel, height: int, width: int) -> MobileViTV2PreTrainedModel:
+    """A float32 CPU copy on the eager path whose run-time-sized resizes are fixed for ``height`` x ``width``."""
+    model = copy.deepcopy(model).float().cpu().eval().set_attn_implementation("eager", check=False)
+    sizes: dict[nn.Module, tuple[int, int]] = {}
+    hooks = [
+        m.register_forward_hook(lambda mod, args, out: sizes.__setitem__(mod, tuple(args[0].shape[-2:])))
+        for m in model.modules()
+        if isinstance(m, MobileViTV2ASPPPooling)
+    ] + [
+        m.downsampling_layer.register_forward_hook(lambda mod, args, out: sizes.__setitem__(mod, tuple(out.shape[-2:])))
+        for m in model.modules()
+        if isinstance(m, MobileViTV2Layer) and m.resize_to_patch_multiple
+    ]
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, model.config.num_channels, height, width))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, MobileViTV2ASPPPooling):
+                setattr(module, name, _BroadcastPooling(child, sizes[child]))
+        if isinstance(module, MobileViTV2Layer) and module.resize_to_patch_multiple:
+            (h, w), (ph, pw) = sizes[module.downsampling_layer], module.patch_size
+            module.downsampling_layer = _ResizeTo(module.downsampling_layer, ((h + ph - 1) // ph * ph, (w + pw - 1) // pw * pw))
+            module.resize_to_patch_multiple = False
+    return model
+
+
+def export_onnx(
+    model: MobileViTV2PreTrainedModel,
+    path: str | os.PathLike,
+    height: int = 256,
+    width: int = 256,
+    opset: int = OPSET,
+    dynamic_batch: bool = True,
+) -> str:
+    """Write ``model`` (any MobileViTV2 class) to ``path`` as ONNX; input ``pixel_values``
+    (batch, num_channels, height, width), outputs named by :func:`output_names`. Returns the path."""
+    path = os.fspath(path)
+    names = output_names(model)
+    wrapper = _TensorOutputs(exportable_copy(model, height, width)).eval()
+    example = torch.zeros(1, model.config.num_channels, height, width)
+    dynamic_axes = {name: {0: "batch"} for name in ["pixel_values", *names]} if dynamic_batch else None
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with warnings.catch_warnings():  # tracing warns about the shape checks and that this exporter is the old one
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            wrapper, (example,), path, opset_version=opset, input_names=["pixel_values"], output_names=names,
+            dynamic_axes=dynamic_axes, dynamo=False, do_constant_folding=True,
+        )  # fmt: skip
+    try:
+        import onnx
+    except ImportError:
+        return path
+    onnx.checker.check_model(path)
+    return path
+
+
+def onnx_op_types(path: str | os.PathLike) -> set[str]:
+    import onnx
+
+    return {node.op_type for node in onnx.load(os.fspath(path)).graph.node}
+
+
+def run_onnx(path: str | os.PathLike, pixel_values: torch.Tensor) -> list[np.ndarray]:
+    """Run the exported model with onnxruntime on the CPU."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise ImportError('running the ONNX model needs onnxruntime (pip install "mobilevitv2[onnx]")') from None
+    session = onnxruntime.InferenceSession(os.fspath(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {"pixel_values": pixel_values.detach().float().cpu().numpy()})
+
+
+def max_abs_difference(model: MobileViTV2PreTrainedModel, path: str | os.PathLike, pixel_values: torch.Tensor) -> float:
+    """Largest |onnxruntime - PyTorch eager| over all outputs, in float32 on the CPU."""
+    reference = _TensorOutputs(copy.deepcopy(model).float().cpu().eval().set_attn_implementation("eager", check=False))
+    with torch.no_grad():
+        expected = reference(pixel_values.float().cpu())
+    expected = [expected] if isinstance(expected, torch.Tensor) else list(expected)
+    got = run_onnx(path, pixel_values)
+    return max(float(np.abs(g - e.numpy()).max()) for g, e in zip(got, expected))
