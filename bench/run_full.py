@@ -20,7 +20,7 @@ from mobilevitv2 import benchmark as bm  # noqa: E402
 from plot_attention_scaling import plot  # noqa: E402
 
 
-def cases(device: torch.device, quick: bool) -> list[bm.Case]:
+def cases(device: torch.device, quick: bool, attention_only: bool = False) -> list[bm.Case]:
     gpu = device.type == "cuda"
     out = []
     stage_shapes = [(256, 128, 4, 256), (256, 192, 4, 64), (256, 256, 4, 16)] if gpu else [(4, 128, 4, 256), (4, 256, 4, 16)]
@@ -33,6 +33,8 @@ def cases(device: torch.device, quick: bool) -> list[bm.Case]:
     for backward in (False, True):
         for n in ns:
             out += bm.attention_scaling_cases(n, tokens, 256 if gpu else 64, low, device, backward)
+    if attention_only:
+        return out
     if quick or not gpu:
         out += bm.model_cases(0.5, 1, torch.float32, device, compiled=False)
         return out
@@ -48,12 +50,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default=None)
     parser.add_argument("--out", default=None)
-    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="a small CPU-sized sweep")
+    parser.add_argument("--attention-only", action="store_true", help="only the op-level cases")
     parser.add_argument("--reps", type=int, default=10)
     args = parser.parse_args()
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     env = bm.environment(device)
-    results = bm.run_cases(cases(device, args.quick), device, reps=args.reps)
+    results = bm.run_cases(cases(device, args.quick, args.attention_only), device, reps=args.reps)
     prefix = args.out or os.path.join(os.path.dirname(__file__), "results", f"full-{device.type}")
     json_path, _ = bm.write_results(prefix, env, results)
     png = plot(json_path, prefix + "-attention-scaling.png")
