@@ -12,7 +12,8 @@
 //             dq[n] = s[n] * sum_c dc[c] * (k[c, n] - ctx[c])
 // The dq form uses sum_n ds[n] s[n] = sum_c dc[c] ctx[c] (ds[n] = sum_c dc[c] k[c, n]), so it needs no
 // second pass over the row: each block accumulates its channels' share of the sum over c, and shares of
-// several channel blocks of one row are added by a small finalize kernel.
+// several channel blocks of one row are added by a small finalize kernel. The block's share is summed with
+// float atomics, so dq is not bitwise reproducible from run to run (dk, dv and the forward are).
 #pragma once
 
 #include "common.cuh"

@@ -117,7 +117,8 @@ int emu_separable_attention_forward(int dtype, const void* qkv, const int64_t* s
       const int64_t B = sizes[0], d = (sizes[1] - 1) / 2, P = sizes[2], N = sizes[3];
       const int64_t out_sizes[4] = {B, d, P, N};
       const int64_t out_strides[4] = {d * P * N, P * N, N, 1};
-      const Layout4 layouts[2] = {layout(qkv, sizes, strides, sizeof(T)), layout(out, out_sizes, out_strides, sizeof(T))};
+      const Layout4 layouts[2] = {layout(qkv, sizes, strides, sizeof(T)),
+                                  layout(out, out_sizes, out_strides, sizeof(T))};
       const AttentionPlan plan = plan_attention(B, d, P, N, packed_width(layouts, 2), false);
       *vec = plan.vec;
       AttentionArgs<T> a{};
@@ -125,9 +126,10 @@ int emu_separable_attention_forward(int dtype, const void* qkv, const int64_t* s
       a.out = static_cast<T*>(out);
       with_width<T>(plan.vec, [&](auto width) {
         constexpr int VEC = decltype(width)::value;
-        cuda_emulator::launch_blocks(plan.blocks, kThreads, plan.shared_bytes / 4, [&](float* smem, int tid, int64_t block) {
-          separable_attention_forward_block<T, VEC>(a, smem, tid, block);
-        });
+        cuda_emulator::launch_blocks(plan.blocks, kThreads, plan.shared_bytes / 4,
+                                     [&](float* smem, int tid, int64_t block) {
+                                       separable_attention_forward_block<T, VEC>(a, smem, tid, block);
+                                     });
       });
     }
   });
@@ -160,9 +162,10 @@ int emu_separable_attention_backward(int dtype, const void* grad_out, const int6
       a.partial = plan.direct ? nullptr : partial.data();
       with_width<T>(plan.vec, [&](auto width) {
         constexpr int VEC = decltype(width)::value;
-        cuda_emulator::launch_blocks(plan.blocks, kThreads, plan.shared_bytes / 4, [&](float* smem, int tid, int64_t block) {
-          separable_attention_backward_block<T, VEC>(a, smem, tid, block);
-        });
+        cuda_emulator::launch_blocks(plan.blocks, kThreads, plan.shared_bytes / 4,
+                                     [&](float* smem, int tid, int64_t block) {
+                                       separable_attention_backward_block<T, VEC>(a, smem, tid, block);
+                                     });
       });
       if (!plan.direct) {
         for (int64_t i = 0; i < B * P * N; ++i) separable_attention_dq_element<T>(a, i);
