@@ -39,6 +39,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from mobilevitv2.loading import resolve_directory
+
 PREPROCESSOR_CONFIG_NAME = "preprocessor_config.json"
 CHANNEL_ORDERS = ("bgr", "rgb")
 RESAMPLE = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3, "box": 4, "hamming": 5}
@@ -164,8 +166,6 @@ class MobileViTV2ImageProcessor:
         """Read ``preprocessor_config.json`` from a directory, a file path or a Hub id."""
         path = os.fspath(path_or_id)
         if not os.path.isfile(path):
-            from mobilevitv2.loading import resolve_directory
-
             path = os.path.join(resolve_directory(path), PREPROCESSOR_CONFIG_NAME)
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"no {PREPROCESSOR_CONFIG_NAME} in {path_or_id}")
