@@ -361,7 +361,10 @@ def kernels(request):
         return request.getfixturevalue("emulator"), "cpu"
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
-    return PoisonedCudaKernels(cuda_extension.load()), "cuda"
+    reason = _build_prerequisites_missing()
+    if reason is not None:
+        pytest.skip(f"cannot build the CUDA extension here: {reason}")
+    return PoisonedCudaKernels(cuda_extension.load()), "cuda"  # a failed build fails the test
 
 
 def make_qkv(B, d, P, N, dtype, device, layout="contiguous"):
@@ -520,6 +523,9 @@ def test_unfold_fold_match_reference(kernels, dtype, B, C, H, W, patch, layout, 
 def cuda_backend():
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
+    reason = _build_prerequisites_missing()
+    if reason is not None:
+        pytest.skip(f"cannot build the CUDA extension here: {reason}")
     reason = backends.unavailable_reason("cuda", "cuda")
     if reason is not None:
         pytest.fail(f"the CUDA backend is unavailable on a GPU machine: {reason}")
