@@ -127,7 +127,7 @@ class MobileViTV2Layer(nn.Module):
 
     def _resize_up_to_patch_multiple(self, x: torch.Tensor) -> torch.Tensor:
         (ph, pw), (H, W) = self.patch_size, x.shape[-2:]
-        size = (-(-H // ph) * ph, -(-W // pw) * pw)
+        size = ((H + ph - 1) // ph * ph, (W + pw - 1) // pw * pw)  # traces correctly (no negative floor)
         if size == (H, W):
             return x
         return F.interpolate(x, size=size, mode="bilinear", align_corners=True)

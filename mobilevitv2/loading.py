@@ -30,7 +30,7 @@ def resolve_directory(path_or_id: str | os.PathLike, revision: str | None = None
         return path
     if os.path.exists(path):
         raise CheckpointError(f"{path} is a file; from_pretrained expects a directory with config.json and weights")
-    if path.startswith((".", "/", "~")) or path.count("/") > 1 or os.sep in path.replace("/", "", 1):
+    if path.startswith((".", "/", "~")) or path.count("/") > 1:  # a path, not an "owner/name" Hub id
         raise CheckpointError(f"no checkpoint directory at {path}")
     try:
         from huggingface_hub import snapshot_download
@@ -42,7 +42,10 @@ def resolve_directory(path_or_id: str | os.PathLike, revision: str | None = None
     try:
         return snapshot_download(path, revision=revision, cache_dir=cache_dir, allow_patterns=_HUB_FILES)
     except Exception as exc:  # network errors, unknown repo, auth: all reported the same way
-        raise CheckpointError(f"could not fetch {path!r} from the Hugging Face Hub: {type(exc).__name__}: {exc}") from exc
+        raise CheckpointError(
+            f"could not fetch {path!r} from the Hugging Face Hub (and there is no local directory of that name): "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
 
 
 def read_state_dict(directory: str) -> dict[str, torch.Tensor]:

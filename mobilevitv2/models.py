@@ -176,7 +176,7 @@ class MobileViTV2Encoder(nn.Module):
 
 
 def _down(size: int, stride: int) -> int:
-    return -(-size // stride)  # stride-2 convs with padding 1 give ceil(size / 2)
+    return (size + stride - 1) // stride  # stride-2 convs with padding 1 give ceil(size / 2)
 
 
 class MobileViTV2Model(MobileViTV2PreTrainedModel):
