@@ -83,7 +83,11 @@ def available_backends(device: str | torch.device | None = None) -> list[str]:
 
 def auto_backend(device_type: str, dtype: torch.dtype) -> str:
     """The backend ``"auto"`` selects. On the CPU this is always the reference (the Triton interpreter is a
-    test vehicle, not a fast path). On CUDA: the CUDA extension, then Triton, then the reference."""
+    test vehicle, not a fast path). On CUDA: the CUDA extension, then Triton, then the reference.
+
+    Provisional: the CUDA-before-Triton order is not yet backed by a measurement (no GPU has run
+    ``bench/gpu_check_kernels.py`` so far). Both kernels read qkv once and write the output once; when the
+    timings exist, this order follows them per shape and dtype."""
     if device_type != "cuda" or dtype not in KERNEL_DTYPES:
         return "reference"
     for name in ("cuda", "triton"):
