@@ -38,6 +38,9 @@ python -c "from mobilevitv2.benchmark import main; main()" --out "$out/bench_$de
 step "separable vs multi-head attention over N"
 python bench/run_full.py --attention-only --out "$out/attention_$device" 2>&1 | tail -30 || status=1
 
+step "where the time goes (per-part forward, width 1.0, batch 256, fp16)"
+python bench/profile_modules.py --batch 256 --dtype fp16 2>&1 | tee "$out/profile_$device.txt" | tail -12 || status=1
+
 if [ "${FULL:-0}" = 1 ]; then
   step "full model sweep"
   python bench/run_full.py --out "$out/full_$device" 2>&1 | tail -60 || status=1
