@@ -1,11 +1,14 @@
 """Which implementations of the ops can run here, and which one ``backend="auto"`` picks.
 
-A backend is a module exposing the same four functions as :mod:`mobilevitv2_kernels.reference`:
+A backend is a module exposing the same functions as :mod:`mobilevitv2_kernels.reference`:
 ``separable_attention_forward(qkv)``, ``separable_attention_backward(grad_out, qkv)``,
-``unfold_forward(x, patch_h, patch_w)`` and ``fold_forward(patches, height, width, patch_h, patch_w)``.
-Each returns a new contiguous tensor of the input's dtype. Backends are loaded lazily, once per process;
-a backend that cannot load (no Triton, no GPU, no compiler, a failed build) is reported with its reason
-and never breaks ``import mobilevitv2_kernels``.
+``unfold_forward(x, patch_h, patch_w)``, ``fold_forward(patches, height, width, patch_h, patch_w)`` and
+``inverted_residual_forward(x, w_expand, b_expand, w_dw, b_dw, w_reduce, b_reduce, stride, dilation,
+residual)``. Each returns a new tensor of the input's dtype. Not every backend has every op:
+:data:`UNSUPPORTED_OPS` lists the gaps (the CUDA extension has no inverted-residual kernel), and the
+functions below take an optional ``op`` name so that ``"auto"`` never picks a backend that lacks it.
+Backends are loaded lazily, once per process; a backend that cannot load (no Triton, no GPU, no compiler,
+a failed build) is reported with its reason and never breaks ``import mobilevitv2_kernels``.
 """
 
 from __future__ import annotations
@@ -19,6 +22,9 @@ import torch
 
 BACKEND_NAMES = ("reference", "triton", "cuda")
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# Ops a backend does not implement (op names as in the ``mobilevitv2::`` namespace). A backend not listed
+# implements every op.
+UNSUPPORTED_OPS = {"cuda": frozenset({"inverted_residual"})}
 
 
 class BackendUnavailableError(RuntimeError):
@@ -47,11 +53,19 @@ def _load(name: str) -> ModuleType:
     raise ValueError(f"unknown backend {name!r}; expected one of {BACKEND_NAMES + ('auto',)}")
 
 
+def supports(name: str, op: str | None) -> bool:
+    """Whether backend ``name`` implements ``op`` (None: the ops every backend has)."""
+    return op is None or op not in UNSUPPORTED_OPS.get(name, ())
+
+
 @torch.compiler.assume_constant_result  # torch.compile evaluates this at trace time instead of tracing imports
-def unavailable_reason(name: str, device_type: str) -> str | None:
-    """None if backend ``name`` can run on ``device_type`` ("cpu", "cuda"), else a short reason."""
+def unavailable_reason(name: str, device_type: str, op: str | None = None) -> str | None:
+    """None if backend ``name`` can run ``op`` (default: the common ops) on ``device_type`` ("cpu",
+    "cuda"), else a short reason."""
     if name not in BACKEND_NAMES:
         raise ValueError(f"unknown backend {name!r}; expected one of {BACKEND_NAMES + ('auto',)}")
+    if not supports(name, op):
+        return f"the {name!r} backend has no {op} kernel"
     if name == "reference":
         return None
     if device_type == "cpu":
@@ -73,17 +87,19 @@ def unavailable_reason(name: str, device_type: str) -> str | None:
     return None
 
 
-def available_backends(device: str | torch.device | None = None) -> list[str]:
-    """The backends that can run on ``device`` (default: CUDA if present, else CPU)."""
+def available_backends(device: str | torch.device | None = None, op: str | None = None) -> list[str]:
+    """The backends that can run ``op`` (default: the common ops) on ``device`` (default: CUDA if present,
+    else CPU)."""
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     device_type = torch.device(device).type
-    return [name for name in BACKEND_NAMES if unavailable_reason(name, device_type) is None]
+    return [name for name in BACKEND_NAMES if unavailable_reason(name, device_type, op) is None]
 
 
-def auto_backend(device_type: str, dtype: torch.dtype) -> str:
-    """The backend ``"auto"`` selects. On the CPU this is always the reference (the Triton interpreter is a
-    test vehicle, not a fast path). On CUDA: the CUDA extension, then Triton, then the reference.
+def auto_backend(device_type: str, dtype: torch.dtype, op: str | None = None) -> str:
+    """The backend ``"auto"`` selects for ``op``. On the CPU this is always the reference (the Triton
+    interpreter is a test vehicle, not a fast path). On CUDA: the CUDA extension, then Triton, then the
+    reference, skipping a backend that lacks ``op``.
 
     Provisional: the CUDA-before-Triton order is not yet backed by a measurement (no GPU has run
     ``bench/gpu_check_kernels.py`` so far). Both kernels read qkv once and write the output once; when the
@@ -91,20 +107,21 @@ def auto_backend(device_type: str, dtype: torch.dtype) -> str:
     if device_type != "cuda" or dtype not in KERNEL_DTYPES:
         return "reference"
     for name in ("cuda", "triton"):
-        if unavailable_reason(name, device_type) is None:
+        if unavailable_reason(name, device_type, op) is None:
             return name
     return "reference"
 
 
-def resolve(backend: str, tensor: torch.Tensor) -> str:
-    """Turn a user's backend choice into a concrete backend for ``tensor``, or raise a clear error."""
+def resolve(backend: str, tensor: torch.Tensor, op: str | None = None) -> str:
+    """Turn a user's backend choice into a concrete backend for ``op`` (default: the common ops) on
+    ``tensor``, or raise a clear error."""
     if backend == "auto":
-        return auto_backend(tensor.device.type, tensor.dtype)
-    reason = unavailable_reason(backend, tensor.device.type)
+        return auto_backend(tensor.device.type, tensor.dtype, op)
+    reason = unavailable_reason(backend, tensor.device.type, op)
     if reason is not None:
         raise BackendUnavailableError(
             f"backend {backend!r} cannot run here: {reason}. "
-            f"Available for {tensor.device.type}: {available_backends(tensor.device)}"
+            f"Available for {tensor.device.type}: {available_backends(tensor.device, op)}"
         )
     if backend != "reference" and tensor.dtype not in KERNEL_DTYPES:
         raise TypeError(
