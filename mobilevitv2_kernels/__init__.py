@@ -1,12 +1,15 @@
-"""Fused kernels for MobileViTV2: separable self-attention and unfold/fold patching.
+"""Fused kernels for MobileViTV2: separable self-attention, unfold/fold patching, and the inverted residual.
 
 Every op is a torch custom op in the ``mobilevitv2`` namespace (fake kernel and autograd included), with
 three interchangeable backends: ``reference`` (pure PyTorch, the oracle, runs anywhere), ``triton`` and
 ``cuda`` (a JIT-built extension). ``backend="auto"`` picks the fastest one available for the input.
+Exception: ``inverted_residual`` is inference-only (no derivative) and has no ``cuda`` kernel.
 """
 
 from mobilevitv2_kernels import reference
 from mobilevitv2_kernels.backends import BACKEND_NAMES, BackendUnavailableError, available_backends
+from mobilevitv2_kernels.folding import fold_batchnorm
+from mobilevitv2_kernels.inverted_residual import inverted_residual
 from mobilevitv2_kernels.patching import fold, unfold
 from mobilevitv2_kernels.separable_attention import separable_attention
 
@@ -15,6 +18,8 @@ __all__ = [
     "BackendUnavailableError",
     "available_backends",
     "fold",
+    "fold_batchnorm",
+    "inverted_residual",
     "reference",
     "separable_attention",
     "unfold",

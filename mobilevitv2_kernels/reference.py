@@ -1,7 +1,7 @@
 """Pure-PyTorch reference implementations: the single oracle for every kernel.
 
-Every backend (``reference``, ``triton``, ``cuda``) implements the same four functions with the same
-contract; the registered ops in :mod:`mobilevitv2_kernels.ops` dispatch to one of them. This module is also
+Every backend (``reference``, ``triton``, ``cuda``) implements these functions with the same contract
+(``cuda`` all but ``inverted_residual_forward``); the registered ops in :mod:`mobilevitv2_kernels.ops` dispatch to one of them. This module is also
 the eager path of the model, so it computes exactly what Hugging Face transformers computes (the same
 operations in the same order), which keeps the eager model bit-compatible with it.
 
@@ -69,3 +69,36 @@ def fold_forward(patches: torch.Tensor, height: int, width: int, patch_h: int, p
     if nh * patch_h == height and nw * patch_w == width:
         return grid.contiguous()
     return F.pad(grid, (0, width - nw * patch_w, 0, height - nh * patch_h))
+
+
+def inverted_residual_forward(
+    x: torch.Tensor,
+    w_expand: torch.Tensor,
+    b_expand: torch.Tensor,
+    w_dw: torch.Tensor,
+    b_dw: torch.Tensor,
+    w_reduce: torch.Tensor,
+    b_reduce: torch.Tensor,
+    stride: int,
+    dilation: int,
+    residual: bool,
+) -> torch.Tensor:
+    """MobileNetV2 inverted residual with BatchNorm folded into the weights, computed in ``x``'s dtype:
+
+    h = SiLU(conv1x1(x, w_expand) + b_expand)                                  (B, E, H, W)
+    h = SiLU(depthwise3x3(h, w_dw, stride, padding=dilation, dilation) + b_dw)  (B, E, ceil(H/s), ceil(W/s))
+    y = conv1x1(h, w_reduce) + b_reduce (+ x when ``residual``)                 (B, C_out, ...)
+
+    Weights: w_expand (E, C_in), w_dw (E, 9) or (E, 1, 3, 3), w_reduce (C_out, E); they and the biases are
+    cast to ``x``'s dtype (so a float16 ``x`` gives PyTorch's own float16 result, the baseline the kernels'
+    error is measured against).
+    """
+    dtype = x.dtype
+    E, C_in = w_expand.shape
+    h = F.silu(F.conv2d(x, w_expand.to(dtype).reshape(E, C_in, 1, 1), b_expand.to(dtype)))
+    h = F.conv2d(
+        h, w_dw.to(dtype).reshape(E, 1, 3, 3), b_dw.to(dtype), stride=stride, padding=dilation, dilation=dilation, groups=E
+    )
+    h = F.silu(h)
+    y = F.conv2d(h, w_reduce.to(dtype).reshape(w_reduce.shape[0], E, 1, 1), b_reduce.to(dtype))
+    return y + x if residual else y

@@ -1,0 +1,173 @@
+"""The fused inverted-residual op (inference only): schema, input checks, fake kernel, dispatch to a backend.
+
+``mobilevitv2::inverted_residual(Tensor x, Tensor w_expand, Tensor b_expand, Tensor w_dw, Tensor b_dw,
+Tensor w_reduce, Tensor b_reduce, int stride, int dilation, bool residual, str backend) -> Tensor`` is the
+MobileNetV2 block with BatchNorm folded into the weights (:func:`mobilevitv2_kernels.folding.fold_batchnorm`):
+
+    h = SiLU(conv1x1(x, w_expand) + b_expand)
+    h = SiLU(depthwise3x3(h, w_dw, stride, padding=dilation, dilation) + b_dw)
+    y = conv1x1(h, w_reduce) + b_reduce (+ x if residual)
+
+Inference only: the op has no derivative. Its autograd registration only refuses: calling it with grad
+mode on and an input that requires grad raises ``RuntimeError`` at call time (not later in ``backward``).
+The model never gets there: ``MobileViTV2InvertedResidual`` uses the op only in eval mode when no gradient
+is needed, and runs its eager conv/BN/SiLU modules otherwise (training, or eval with gradients).
+The CUDA extension has no kernel for this op (``backends.UNSUPPORTED_OPS``); ``backend="auto"`` picks
+Triton on CUDA and the reference on the CPU.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mobilevitv2_kernels import backends
+
+OP = "inverted_residual"
+_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def _out_size(size: int, stride: int) -> int:
+    return (size + stride - 1) // stride  # 3x3 taps, padding = dilation: ceil(size / stride) for any dilation
+
+
+def output_memory_format(x: torch.Tensor) -> torch.memory_format:
+    """The output follows the input's layout, as ``F.conv2d`` does: channels_last for a channels_last input
+    (that is not also plain contiguous), contiguous NCHW otherwise."""
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def check_inputs(
+    x: torch.Tensor,
+    w_expand: torch.Tensor,
+    b_expand: torch.Tensor,
+    w_dw: torch.Tensor,
+    b_dw: torch.Tensor,
+    w_reduce: torch.Tensor,
+    b_reduce: torch.Tensor,
+    stride: int,
+    dilation: int,
+    residual: bool,
+) -> tuple[int, int, int, int]:
+    """Validate the op's arguments; return the output shape (B, C_out, ceil(H/stride), ceil(W/stride))."""
+    if x.dim() != 4:
+        raise ValueError(f"inverted_residual expects x of shape (B, C_in, H, W), got shape {tuple(x.shape)}")
+    named = {"x": x, "w_expand": w_expand, "b_expand": b_expand, "w_dw": w_dw, "b_dw": b_dw,
+             "w_reduce": w_reduce, "b_reduce": b_reduce}  # fmt: skip
+    for name, t in named.items():
+        if t.dtype not in _FLOAT_DTYPES:
+            raise TypeError(f"inverted_residual: {name} must be floating point (float32/16, bfloat16), got {t.dtype}")
+        if t.device != x.device:
+            raise ValueError(f"inverted_residual: {name} is on {t.device} but x is on {x.device}")
+    B, C_in, H, W = x.shape
+    if w_expand.dim() != 2 or w_expand.shape[1] != C_in:
+        raise ValueError(f"w_expand must be (E, C_in={C_in}), got shape {tuple(w_expand.shape)}")
+    E = w_expand.shape[0]
+    if tuple(w_dw.shape) not in ((E, 9), (E, 1, 3, 3)):
+        raise ValueError(f"w_dw must be (E={E}, 9) or (E, 1, 3, 3), got shape {tuple(w_dw.shape)}")
+    if w_reduce.dim() != 2 or w_reduce.shape[1] != E:
+        raise ValueError(f"w_reduce must be (C_out, E={E}), got shape {tuple(w_reduce.shape)}")
+    C_out = w_reduce.shape[0]
+    for name, bias, n in (("b_expand", b_expand, E), ("b_dw", b_dw, E), ("b_reduce", b_reduce, C_out)):
+        if tuple(bias.shape) != (n,):
+            raise ValueError(f"{name} must be ({n},), got shape {tuple(bias.shape)}")
+    if stride not in (1, 2):
+        raise ValueError(f"inverted_residual supports stride 1 or 2, got {stride}")
+    if dilation < 1:
+        raise ValueError(f"dilation must be positive, got {dilation}")
+    if residual and (stride != 1 or C_in != C_out):
+        raise ValueError(
+            f"residual=True needs stride 1 and C_in == C_out, got stride {stride}, C_in {C_in}, C_out {C_out}"
+        )
+    return (B, C_out, _out_size(H, stride), _out_size(W, stride))
+
+
+@torch.library.custom_op("mobilevitv2::inverted_residual", mutates_args=())
+def _inverted_residual(
+    x: torch.Tensor,
+    w_expand: torch.Tensor,
+    b_expand: torch.Tensor,
+    w_dw: torch.Tensor,
+    b_dw: torch.Tensor,
+    w_reduce: torch.Tensor,
+    b_reduce: torch.Tensor,
+    stride: int,
+    dilation: int,
+    residual: bool,
+    backend: str,
+) -> torch.Tensor:
+    args = (x, w_expand, b_expand, w_dw, b_dw, w_reduce, b_reduce, stride, dilation, residual)
+    shape = check_inputs(*args)
+    if not backends.supports(backend, OP):  # a direct torch.ops call with backend="cuda"
+        raise backends.BackendUnavailableError(f"the {backend!r} backend has no {OP} kernel")
+    fmt = output_memory_format(x)
+    if x.numel() == 0 or shape[1] == 0:
+        return x.new_zeros(shape).contiguous(memory_format=fmt)
+    out = backends.implementation(backend).inverted_residual_forward(*args)
+    out = out.contiguous(memory_format=fmt)
+    if out.untyped_storage().data_ptr() == x.untyped_storage().data_ptr():  # never return an alias of x
+        out = out.clone(memory_format=fmt)
+    return out
+
+
+@_inverted_residual.register_fake
+def _(x, w_expand, b_expand, w_dw, b_dw, w_reduce, b_reduce, stride, dilation, residual, backend):
+    shape = check_inputs(x, w_expand, b_expand, w_dw, b_dw, w_reduce, b_reduce, stride, dilation, residual)
+    return x.new_empty(shape).contiguous(memory_format=output_memory_format(x))
+
+
+def _refuse_autograd(ctx, inputs, output):
+    raise RuntimeError(
+        "mobilevitv2::inverted_residual is inference-only and has no derivative: call it under "
+        "torch.no_grad()/torch.inference_mode() or with inputs that do not require grad (the model uses it "
+        "only in eval mode without gradients and runs its eager modules otherwise)"
+    )
+
+
+def _no_backward(ctx, grad):  # never reached: _refuse_autograd raises first
+    raise RuntimeError("mobilevitv2::inverted_residual has no backward")
+
+
+_inverted_residual.register_autograd(_no_backward, setup_context=_refuse_autograd)
+
+
+def inverted_residual(
+    x: torch.Tensor,
+    w_expand: torch.Tensor,
+    b_expand: torch.Tensor,
+    w_dw: torch.Tensor,
+    b_dw: torch.Tensor,
+    w_reduce: torch.Tensor,
+    b_reduce: torch.Tensor,
+    stride: int = 1,
+    dilation: int = 1,
+    residual: bool = False,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Fused MobileNetV2 inverted residual for inference, BatchNorm already folded into the weights.
+
+    Args:
+        x: (B, C_in, H, W) float32/float16/bfloat16 (float64 on the reference backend), any strides.
+        w_expand, b_expand: (E, C_in), (E,): the 1x1 expand conv (SiLU after it).
+        w_dw, b_dw: (E, 9) or (E, 1, 3, 3), (E,): the depthwise 3x3 conv (SiLU after it), with ``stride``
+            (1 or 2), ``dilation`` and padding = dilation; out-of-image taps see a zero *expanded* value.
+        w_reduce, b_reduce: (C_out, E), (C_out,): the 1x1 reduce conv (no activation).
+        residual: add ``x`` to the result (needs stride 1 and C_in == C_out).
+        backend: ``"auto"`` (Triton on CUDA, the reference elsewhere), ``"reference"`` or ``"triton"``;
+            ``"cuda"`` has no kernel for this op and raises ``BackendUnavailableError``.
+
+    Weights and biases may be float32 (what ``fold_batchnorm`` returns) or ``x``'s dtype. The Triton kernel
+    feeds its two 1x1 matmuls in ``x``'s dtype with float32 accumulation (IEEE fp32, not TF32, for a float32
+    ``x``) and keeps the E-channel expanded activation in registers; the reference casts every weight to
+    ``x``'s dtype and runs three ``F.conv2d``.
+
+    Returns:
+        (B, C_out, ceil(H/stride), ceil(W/stride)) in ``x``'s dtype, channels_last if ``x`` is, else
+        contiguous. Not differentiable: raises if grad mode is on and an input requires grad.
+    """
+    check_inputs(x, w_expand, b_expand, w_dw, b_dw, w_reduce, b_reduce, stride, dilation, residual)
+    return torch.ops.mobilevitv2.inverted_residual(
+        x, w_expand, b_expand, w_dw, b_dw, w_reduce, b_reduce, stride, dilation, residual,
+        backends.resolve(backend, x, OP),
+    )  # fmt: skip
