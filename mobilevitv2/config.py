@@ -14,6 +14,11 @@ transformers. Three fields are this package's own:
 * ``attn_implementation``: which implementation runs the blocks' patching and attention: ``"eager"``
   (reference PyTorch), ``"triton"``, ``"cuda"`` or ``"auto"`` (fastest available for the device the model
   runs on). A runtime choice, so it is not written to ``config.json``.
+* ``conv_implementation``: how the MobileNetV2 inverted-residual blocks run at inference: ``"eager"``
+  (default: conv, BatchNorm and SiLU modules), ``"triton"`` (the fused ``mobilevitv2::inverted_residual``
+  op, BatchNorm folded into the convs) or ``"auto"`` (the fused op on CUDA inputs, eager elsewhere). The
+  fused op is inference-only: in training mode, or whenever a gradient is needed, the blocks run eagerly.
+  A runtime choice like ``attn_implementation``, not written to ``config.json``.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ CONFIG_NAME = "config.json"
 MODEL_TYPE = "mobilevitv2"
 WIDTH_PRESETS = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0)
 ATTN_IMPLEMENTATIONS = ("auto", "eager", "triton", "cuda")
+CONV_IMPLEMENTATIONS = ("eager", "triton", "auto")
 NON_DIVISIBLE_PATCHING = ("zero_fill", "resize")
 # Keys of a transformers config that describe the file rather than the model; accepted and dropped.
 _IGNORED_KEYS = {
@@ -93,6 +99,7 @@ class MobileViTV2Config:
     non_divisible_patching: str = "zero_fill"
     dilate_local_conv: bool = False
     attn_implementation: str = "auto"
+    conv_implementation: str = "eager"
     # Unknown keys read from a config.json, kept so that saving writes them back.
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -132,6 +139,10 @@ class MobileViTV2Config:
         if self.attn_implementation not in ATTN_IMPLEMENTATIONS:
             raise ValueError(
                 f"attn_implementation must be one of {ATTN_IMPLEMENTATIONS}, got {self.attn_implementation!r}"
+            )
+        if self.conv_implementation not in CONV_IMPLEMENTATIONS:
+            raise ValueError(
+                f"conv_implementation must be one of {CONV_IMPLEMENTATIONS}, got {self.conv_implementation!r}"
             )
 
     # ----- derived widths (spec section 1.3) -------------------------------------------------------------
@@ -178,9 +189,11 @@ class MobileViTV2Config:
         return cls(**known, extra=extra)
 
     def to_dict(self) -> dict[str, Any]:
-        """A transformers-compatible dict (``id2label`` keys as strings, ``attn_implementation`` omitted)."""
+        """A transformers-compatible dict (``id2label`` keys as strings; the runtime choices
+        ``attn_implementation`` and ``conv_implementation`` omitted)."""
         data = {f.name: copy.deepcopy(getattr(self, f.name)) for f in dataclasses.fields(self)}
         data.pop("attn_implementation")
+        data.pop("conv_implementation")
         extra = data.pop("extra")
         data["id2label"] = {str(k): v for k, v in self.id2label.items()}
         data["model_type"] = MODEL_TYPE

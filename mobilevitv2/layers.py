@@ -1,6 +1,8 @@
 """Convolutional building blocks: conv-norm-act and the MobileNetV2 inverted residual.
 
-Module and attribute names follow transformers' MobileViTV2 so that state-dict keys are identical.
+Module and attribute names follow transformers' MobileViTV2 so that state-dict keys are identical. The
+inverted residual can run, at inference, as one fused op (``mobilevitv2_kernels.inverted_residual``) with
+its BatchNorms folded into the convs; see :class:`MobileViTV2InvertedResidual`.
 """
 
 from __future__ import annotations
@@ -8,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+import mobilevitv2_kernels
 from mobilevitv2.config import MobileViTV2Config, make_divisible
 
 _ACTIVATIONS = {"swish": nn.SiLU, "silu": nn.SiLU, "relu": nn.ReLU, "gelu": nn.GELU, "hardswish": nn.Hardswish}
@@ -70,7 +73,16 @@ class MobileViTV2ConvLayer(nn.Module):
 
 
 class MobileViTV2InvertedResidual(nn.Module):
-    """MobileNetV2 block: 1x1 expand + act, depthwise 3x3 + act, 1x1 reduce; residual when shapes allow."""
+    """MobileNetV2 block: 1x1 expand + act, depthwise 3x3 + act, 1x1 reduce; residual when shapes allow.
+
+    ``conv_backend`` (set by the model's ``set_conv_implementation``; None = eager) names the backend of the
+    fused inference op: "triton", or "auto" (used for CUDA inputs only). The fused path is taken only when
+    it computes the same function as the modules: eval mode (BatchNorm on its running statistics, folded
+    from the current parameters at every call, so later weight changes are never stale), no gradient
+    needed, SiLU activations. Otherwise, and in training, the eager modules run, so training is unchanged.
+    """
+
+    conv_backend: str | None = None
 
     def __init__(
         self, config: MobileViTV2Config, in_channels: int, out_channels: int, stride: int, dilation: int = 1
@@ -84,7 +96,41 @@ class MobileViTV2InvertedResidual(nn.Module):
         )
         self.reduce_1x1 = MobileViTV2ConvLayer(config, hidden, out_channels, kernel_size=1, use_activation=False)
 
+    def _fused_applies(self, x: torch.Tensor) -> bool:
+        if self.conv_backend is None or self.training:
+            return False
+        if self.conv_backend == "auto" and x.device.type != "cuda":
+            return False
+        if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters())):
+            return False  # the fused op has no derivative
+        layers = (self.expand_1x1, self.conv_3x3, self.reduce_1x1)
+        if any(layer.normalization is None or layer.normalization.running_mean is None for layer in layers):
+            return False
+        return isinstance(self.expand_1x1.activation, nn.SiLU) and isinstance(self.conv_3x3.activation, nn.SiLU)
+
+    def _forward_fused(self, x: torch.Tensor) -> torch.Tensor:
+        fold = mobilevitv2_kernels.fold_batchnorm
+        w_expand, b_expand = fold(self.expand_1x1.convolution.weight, self.expand_1x1.normalization)  # (E, C_in, 1, 1)
+        w_dw, b_dw = fold(self.conv_3x3.convolution.weight, self.conv_3x3.normalization)  # (E, 1, 3, 3)
+        w_reduce, b_reduce = fold(self.reduce_1x1.convolution.weight, self.reduce_1x1.normalization)  # (C_out, E, 1, 1)
+        conv = self.conv_3x3.convolution
+        return mobilevitv2_kernels.inverted_residual(
+            x,
+            w_expand.flatten(1),
+            b_expand,
+            w_dw,
+            b_dw,
+            w_reduce.flatten(1),
+            b_reduce,
+            stride=conv.stride[0],
+            dilation=conv.dilation[0],
+            residual=self.use_residual,
+            backend=self.conv_backend,
+        )
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._fused_applies(x):
+            return self._forward_fused(x)  # (B, C_out, ceil(H/s), ceil(W/s)), one kernel
         out = self.reduce_1x1(self.conv_3x3(self.expand_1x1(x)))
         return x + out if self.use_residual else out
 

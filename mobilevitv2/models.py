@@ -2,7 +2,9 @@
 
 Same module tree, state-dict keys, outputs and losses as transformers' ``modeling_mobilevitv2``; the
 blocks' patching and attention run in reference PyTorch or through the fused kernels, as chosen by
-``attn_implementation`` (see :meth:`MobileViTV2PreTrainedModel.set_attn_implementation`).
+``attn_implementation`` (see :meth:`MobileViTV2PreTrainedModel.set_attn_implementation`); the inverted
+residuals run eagerly or, at inference, through the fused op, as chosen by ``conv_implementation``
+(:meth:`MobileViTV2PreTrainedModel.set_conv_implementation`).
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ from torch import nn
 import mobilevitv2_kernels
 from mobilevitv2 import loading
 from mobilevitv2.blocks import EAGER, MobileViTV2Layer
-from mobilevitv2.config import ATTN_IMPLEMENTATIONS, MobileViTV2Config
+from mobilevitv2.config import ATTN_IMPLEMENTATIONS, CONV_IMPLEMENTATIONS, MobileViTV2Config
 from mobilevitv2.heads import MobileViTV2DeepLabV3
-from mobilevitv2.layers import MobileViTV2ConvLayer, MobileViTV2MobileNetLayer
+from mobilevitv2.layers import MobileViTV2ConvLayer, MobileViTV2InvertedResidual, MobileViTV2MobileNetLayer
 from mobilevitv2.outputs import (
     BaseModelOutputWithPoolingAndNoAttention,
     ImageClassifierOutputWithNoAttention,
@@ -43,6 +45,23 @@ def check_attn_implementation(name: str, device: torch.device | str | None = Non
         )
 
 
+def check_conv_implementation(name: str, device: torch.device | str | None = None) -> None:
+    """Raise a clear error if ``conv_implementation=name`` cannot run here (on ``device``, default: CUDA if
+    present). Only "triton" needs checking: "eager" always runs, and "auto" falls back to eager."""
+    if name not in CONV_IMPLEMENTATIONS:
+        raise ValueError(f"conv_implementation must be one of {CONV_IMPLEMENTATIONS}, got {name!r}")
+    if name in ("auto", EAGER):
+        return
+    if device is None or torch.device(device).type == "meta":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    available = mobilevitv2_kernels.available_backends(device, op="inverted_residual")
+    if name not in available:
+        choices = ["auto", EAGER] + [b for b in available if b != "reference"]
+        raise mobilevitv2_kernels.BackendUnavailableError(
+            f"conv_implementation={name!r} cannot run on {torch.device(device).type} here; available: {choices}"
+        )
+
+
 class MobileViTV2PreTrainedModel(nn.Module):
     """Shared plumbing: weight initialisation, the attention-implementation flag, checkpoint I/O."""
 
@@ -56,6 +75,7 @@ class MobileViTV2PreTrainedModel(nn.Module):
     def post_init(self) -> None:
         self.apply(self._init_weights)
         self.set_attn_implementation(self.config.attn_implementation, check=False)
+        self.set_conv_implementation(self.config.conv_implementation, check=False)
 
     def _init_weights(self, module: nn.Module) -> None:
         """Training-from-scratch initialisation: He-normal convs, unit norms, small classifier."""
@@ -87,6 +107,29 @@ class MobileViTV2PreTrainedModel(nn.Module):
     def attn_implementation(self) -> str:
         return self.config.attn_implementation
 
+    def set_conv_implementation(self, name: str, check: bool = True) -> "MobileViTV2PreTrainedModel":
+        """Choose how the MobileNetV2 inverted residuals run: "eager" (conv, BatchNorm, SiLU modules),
+        "triton" (the fused inference op, BatchNorm folded into the convs), or "auto" (the fused op for CUDA
+        inputs, eager elsewhere). The fused op runs only in eval mode when no gradient is needed; training
+        (and eval with gradients) always takes the eager path. The stem (a plain 3x3 conv + BN + SiLU) and
+        the MobileViTV2 blocks' local convs stay eager. The choice is stored on every inverted residual now,
+        nothing is read from globals in ``forward``. Raises a clear error if the choice cannot run here.
+        Returns the model."""
+        if check:
+            device = next(self.parameters()).device
+            check_conv_implementation(name, device if device.type == "cuda" else None)
+        elif name not in CONV_IMPLEMENTATIONS:
+            raise ValueError(f"conv_implementation must be one of {CONV_IMPLEMENTATIONS}, got {name!r}")
+        self.config.conv_implementation = name
+        for module in self.modules():
+            if isinstance(module, MobileViTV2InvertedResidual):
+                module.conv_backend = None if name == EAGER else name
+        return self
+
+    @property
+    def conv_implementation(self) -> str:
+        return self.config.conv_implementation
+
     # ----- checkpoints -------------------------------------------------------------------------------------
     @classmethod
     def from_pretrained(
@@ -107,6 +150,7 @@ class MobileViTV2PreTrainedModel(nn.Module):
         Every key must fit unless ``strict=False``; errors name the missing, unexpected or mis-shaped keys."""
         directory = loading.resolve_directory(path_or_id, revision=revision, cache_dir=cache_dir)
         attn_implementation = config_overrides.pop("attn_implementation", None)
+        conv_implementation = config_overrides.pop("conv_implementation", None)
         config = MobileViTV2Config.from_pretrained(directory, **config_overrides)
         model = cls(config)
         state_dict = loading.read_state_dict(directory)
@@ -119,6 +163,8 @@ class MobileViTV2PreTrainedModel(nn.Module):
             model.to(device=device, dtype=dtype)
         if attn_implementation is not None:
             model.set_attn_implementation(attn_implementation)
+        if conv_implementation is not None:
+            model.set_conv_implementation(conv_implementation)
         return model
 
     def save_pretrained(self, directory: str | os.PathLike, safe_serialization: bool = True) -> None:
