@@ -192,6 +192,81 @@ def _check_tile(name: str, value: int) -> int:
     return value
 
 
+def launch_config(
+    dtype: torch.dtype,
+    c_in: int,
+    e: int,
+    c_out: int,
+    *,
+    block_p: int | None = None,
+    block_k: int | None = None,
+    block_e: int | None = None,
+    block_co: int | None = None,
+    num_warps: int | None = None,
+    num_stages: int | None = None,
+) -> dict[str, int]:
+    """The tiles, warps and pipeline stages the launcher uses for these channel counts (any given value
+    overrides the heuristic). Exposed so that the sm_90 compile test checks exactly these configurations."""
+    block_p = _check_tile("block_p", block_p or 64)
+    block_k = _check_tile("block_k", block_k or _block(c_in, 64))
+    block_e = _check_tile("block_e", block_e or _block(e, 64))
+    # Up to 256 output channels in one program (so the expand work is not repeated per channel block), but
+    # 128 for float32, whose IEEE dots need more registers (256 spills there; see the module docstring).
+    wide = c_out > 128 and dtype != torch.float32
+    block_co = _check_tile("block_co", block_co or _block(c_out, 256 if wide else 128))
+    if num_warps is None:
+        num_warps = 8 if max(block_co, block_e) * block_p >= 4096 else 4
+    return dict(
+        block_p=block_p,
+        block_k=block_k,
+        block_e=block_e,
+        block_co=block_co,
+        num_warps=num_warps,
+        num_stages=num_stages or 2,
+    )
+
+
+def _max_offset(t: torch.Tensor) -> int:
+    """Largest element offset inside one image of a (B, C, H, W) tensor (the kernel's int32 part)."""
+    return sum((size - 1) * abs(stride) for size, stride in zip(t.shape[1:], t.stride()[1:]))
+
+
+def kernel_arguments(x, w_expand, b_expand, w_dw, b_dw, w_reduce, b_reduce, out, stride, dilation, residual, cfg):
+    """(positional arguments, constexprs and launch options, grid) of one kernel launch, for tensors already
+    prepared by :func:`inverted_residual_forward` (1x1 weights in x's dtype, w_dw as (E, 9)). Separate so
+    that the sm_90 compile test specialises the kernel exactly as the JIT does for real arguments."""
+    B, C_in, H, W = x.shape
+    E, C_out = w_expand.shape[0], w_reduce.shape[0]
+    H_out, W_out = out.shape[2], out.shape[3]
+    num_co_blocks = triton.cdiv(C_out, cfg["block_co"])
+    num_pixels = B * H_out * W_out
+    grid = (triton.cdiv(num_pixels, cfg["block_p"]) * num_co_blocks,)
+    args = (
+        x, w_expand, b_expand, w_dw, b_dw, w_reduce, b_reduce, out,
+        *x.stride(), *w_expand.stride(), b_expand.stride(0), *w_dw.stride(), b_dw.stride(0),
+        *w_reduce.stride(), b_reduce.stride(0), *out.stride(),
+        C_in, E, C_out, H, W, H_out, W_out, num_pixels, num_co_blocks,
+    )  # fmt: skip
+    # Triton 3.8's interpreter multiplies bfloat16 dot operands as their raw uint16 bit patterns. Under the
+    # interpreter, bfloat16 operands are therefore widened to float32 (exact), which gives the same result as
+    # a bfloat16 tensor-core dot with float32 accumulation; compiled kernels use the bfloat16 dot.
+    dot_fp32 = x.dtype == torch.bfloat16 and triton_interpreter_enabled()
+    meta = dict(
+        STRIDE=stride,
+        DILATION=dilation,
+        RESIDUAL=bool(residual),
+        BLOCK_P=cfg["block_p"],
+        BLOCK_K=cfg["block_k"],
+        BLOCK_E=cfg["block_e"],
+        BLOCK_CO=cfg["block_co"],
+        DOT_PRECISION="ieee" if x.dtype == torch.float32 or dot_fp32 else "tf32",
+        DOT_FP32=dot_fp32,
+        num_warps=cfg["num_warps"],
+        num_stages=cfg["num_stages"],
+    )
+    return args, meta, grid
+
+
 def inverted_residual_forward(
     x: torch.Tensor,
     w_expand: torch.Tensor,
@@ -217,7 +292,7 @@ def inverted_residual_forward(
     Arguments as in :func:`mobilevitv2_kernels.reference.inverted_residual_forward` (already validated by
     the op). ``out`` (optional) is a preallocated output of any strides; by default the output is
     channels_last when ``x`` is, contiguous otherwise. ``block_*`` (powers of two >= 16), ``num_warps`` and
-    ``num_stages`` override the tile heuristics (for benchmarks and tests).
+    ``num_stages`` override the heuristics of :func:`launch_config` (for benchmarks and tests).
     """
     B, C_in, H, W = x.shape
     E = w_expand.shape[0]
@@ -231,66 +306,21 @@ def inverted_residual_forward(
             f"out must be a {x.dtype} tensor of shape {shape} on {x.device}, got {out.dtype} "
             f"{tuple(out.shape)} on {out.device}"
         )
+    cfg = launch_config(
+        x.dtype, C_in, E, C_out, block_p=block_p, block_k=block_k, block_e=block_e, block_co=block_co,
+        num_warps=num_warps, num_stages=num_stages,
+    )  # fmt: skip
     if out.numel() == 0:
         return out
+    if max(_max_offset(x), _max_offset(out)) >= 2**31:
+        raise ValueError("inverted_residual (triton): one image of x or out spans 2**31 elements or more")
     # The two 1x1 weights feed the dots: in x's dtype, contiguous (a no-op when they already are; otherwise
     # a copy of E x C elements, nothing next to the activations). Their unit inner stride lets the loads
     # vectorize, which keeps the weight tiles' pointers out of the register budget.
     w_expand = w_expand.to(x.dtype).contiguous()
     w_reduce = w_reduce.to(x.dtype).contiguous()
     w_dw = w_dw.reshape(E, 9)  # a view for (E, 1, 3, 3) weights of the usual strides
-    block_p = _check_tile("block_p", block_p or 64)
-    block_k = _check_tile("block_k", block_k or _block(C_in, 64))
-    block_e = _check_tile("block_e", block_e or _block(E, 64))
-    # Up to 256 output channels in one program (so the expand work is not repeated per channel block), but
-    # 128 for float32, whose IEEE dots need more registers (256 spills there; see the module docstring).
-    wide = C_out > 128 and x.dtype != torch.float32
-    block_co = _check_tile("block_co", block_co or _block(C_out, 256 if wide else 128))
-    if num_warps is None:
-        num_warps = 8 if max(block_co, block_e) * block_p >= 4096 else 4
-    # Triton 3.8's interpreter multiplies bfloat16 dot operands as their raw uint16 bit patterns. Under the
-    # interpreter, bfloat16 operands are therefore widened to float32 (exact), which gives the same result as
-    # a bfloat16 tensor-core dot with float32 accumulation; compiled kernels use the bfloat16 dot.
-    dot_fp32 = x.dtype == torch.bfloat16 and triton_interpreter_enabled()
-    num_co_blocks = triton.cdiv(C_out, block_co)
-    num_pixels = B * H_out * W_out
-    grid = (triton.cdiv(num_pixels, block_p) * num_co_blocks,)
-    _inverted_residual_fwd_kernel[grid](
-        x,
-        w_expand,
-        b_expand,
-        w_dw,
-        b_dw,
-        w_reduce,
-        b_reduce,
-        out,
-        *x.stride(),
-        *w_expand.stride(),
-        b_expand.stride(0),
-        *w_dw.stride(),
-        b_dw.stride(0),
-        *w_reduce.stride(),
-        b_reduce.stride(0),
-        *out.stride(),
-        C_in,
-        E,
-        C_out,
-        H,
-        W,
-        H_out,
-        W_out,
-        num_pixels,
-        num_co_blocks,
-        STRIDE=stride,
-        DILATION=dilation,
-        RESIDUAL=bool(residual),
-        BLOCK_P=block_p,
-        BLOCK_K=block_k,
-        BLOCK_E=block_e,
-        BLOCK_CO=block_co,
-        DOT_PRECISION="ieee" if x.dtype == torch.float32 or dot_fp32 else "tf32",
-        DOT_FP32=dot_fp32,
-        num_warps=num_warps,
-        num_stages=num_stages or 2,
-    )
+    args, meta, grid = kernel_arguments(x, w_expand, b_expand, w_dw, b_dw, w_reduce, b_reduce, out, stride,
+                                        dilation, residual, cfg)  # fmt: skip
+    _inverted_residual_fwd_kernel[grid](*args, **meta)
     return out
