@@ -1,19 +1,28 @@
-"""One-shot GPU check of the separable-attention and unfold/fold kernels: tests on CUDA, then timings.
+"""One-shot GPU check of the separable-attention, unfold/fold and inverted-residual kernels: tests on CUDA,
+then timings.
 
 Run from the repository root on a machine with a CUDA GPU (nothing else to build for the Triton backend):
 
     python bench/gpu_check_kernels.py                  # tests + timings + tile sweep, writes JSON
     python bench/gpu_check_kernels.py --skip-tests --no-sweep --out /tmp/k.json
+    python bench/gpu_check_kernels.py --skip-tests --only-ir --ir-sweep   # the inverted residual alone
 
 Steps:
-1. ``pytest tests/test_triton_ops.py`` with the compiled kernels on CUDA tensors (TRITON_INTERPRET unset; the
-   CPU-interpreter cases skip, the ``cuda`` cases run for real).
+1. ``pytest tests/test_triton_ops.py tests/test_fused_inverted_residual.py`` with the compiled kernels on
+   CUDA tensors (TRITON_INTERPRET unset; the CPU-interpreter cases skip, the ``cuda`` cases run for real).
 2. For the three stage shapes of MobileViTV2 at 256x256 input (B=256, fp16; qkv (B, 1+2d, P, N)): median
    times (triton.testing.do_bench, L2 flushed before each run) of forward, backward alone and forward+backward
    for: eager reference, torch.compile'd reference, the triton backend (through the registered op) and the
    cuda backend when it is available. Bandwidth is reported as a fraction of a device-to-device copy of the
    same number of bytes, measured in the same run.
 3. A small sweep over tile sizes of the Triton launchers, to confirm or revise their default heuristics.
+4. The fused inverted residual (``mobilevitv2::inverted_residual``, Triton) at five width-1.0 block shapes
+   (B=256, fp16, 256x256 input): the fused op (BatchNorm folded beforehand), the module with
+   ``conv_backend="triton"`` (folding at every call), the eager module sequence (conv + BN + SiLU x3) and
+   ``torch.compile`` of it; bytes as a fraction of a copy of x + y, FLOP rates (useful and with the 9x /
+   2.25x expand recompute), the error against the fp32 module next to the eager fp16 module's own error,
+   and with ``--ir-sweep`` a tile sweep (about 40 more kernel compilations). ``--only-ir`` runs just this
+   step; ``--no-ir`` skips it.
 
 Results go to a JSON file (device, torch/triton versions, git commit, tests summary, every timing), default
 ``bench/results/kernels_<device>.json``. Without a CUDA device the script says so and exits (status 0);
@@ -58,7 +67,8 @@ def git_commit() -> str:
 def run_tests() -> dict:
     env = dict(os.environ)
     env.pop("TRITON_INTERPRET", None)
-    cmd = [sys.executable, "-m", "pytest", "tests/test_triton_ops.py", "-q", "-rs", "-p", "no:cacheprovider"]
+    tests = ["tests/test_triton_ops.py", "tests/test_fused_inverted_residual.py"]
+    cmd = [sys.executable, "-m", "pytest", *tests, "-q", "-rs", "-p", "no:cacheprovider"]
     print("$", " ".join(cmd), flush=True)
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
@@ -81,6 +91,9 @@ def main() -> int:
     parser.add_argument("--no-sweep", action="store_true", help="skip the tile-size sweep")
     parser.add_argument("--rep", type=int, default=200, help="do_bench repetition time in ms per measurement")
     parser.add_argument("--smoke", action="store_true", help="CPU dry run of the script under the interpreter")
+    parser.add_argument("--only-ir", action="store_true", help="only the fused inverted-residual step (4)")
+    parser.add_argument("--no-ir", action="store_true", help="skip the fused inverted-residual step (4)")
+    parser.add_argument("--ir-sweep", action="store_true", help="also sweep the inverted-residual kernel's tiles")
     args = parser.parse_args()
 
     if args.smoke:
@@ -99,6 +112,8 @@ def main() -> int:
 
     device = "cpu" if args.smoke else "cuda"
     shapes = SMOKE_SHAPES if args.smoke else STAGE_SHAPES
+    if args.only_ir:
+        shapes = []
     for knob in ("recompile_limit", "cache_size_limit"):  # one specialised compile per shape and grad mode
         if hasattr(torch._dynamo.config, knob):
             setattr(torch._dynamo.config, knob, 64)
@@ -222,8 +237,15 @@ def main() -> int:
                   f"bwd {t_bwd:7.4f} ms ({row['bwd_copy_fraction']:5.1%})   fwd+bwd {t_both:7.4f} ms", flush=True)
     result["rows"] = rows
 
-    if not args.no_sweep:
+    if not args.no_sweep and shapes:
         result["sweep"] = sweep(tk, bench, copy_ms, shapes, device)
+
+    if not args.no_ir:
+        ir = inverted_residual_section(bench, copy_ms, device, smoke=args.smoke, tile_sweep=args.ir_sweep)
+        result["inverted_residual"] = ir
+        result.setdefault("errors", []).extend(ir.pop("errors"))
+        if not result["errors"]:
+            result.pop("errors")
 
     # Summary against the targets of the issue.
     def get(provider, shape, key):
@@ -237,7 +259,7 @@ def main() -> int:
 
     checks = {}
     for name in ("triton", "cuda"):
-        if name not in backends_here:
+        if name not in backends_here or not shapes:  # no attention rows under --only-ir
             continue
         checks[name] = {
             "fwd_copy_fraction_at_first_shape": get(name, shapes[0], "fwd_copy_fraction"),
@@ -304,6 +326,130 @@ def sweep(tk, bench, copy_ms, shapes, device) -> list[dict]:
               f"({copy_bwd / best_bwd[1]:.1%})", flush=True)
     return rows
 
+
+# Width 1.0 at 256x256 input: (name, C_in, E, C_out, H, W, stride) of inverted residuals of stages 1-5.
+IR_SHAPES = [
+    ("layer.0", 32, 64, 64, 128, 128, 1),
+    ("layer.1.0", 64, 128, 128, 128, 128, 2),
+    ("layer.1.1", 128, 256, 128, 64, 64, 1),  # the residual block
+    ("layer.2 down", 128, 256, 256, 64, 64, 2),
+    ("layer.4 down", 384, 768, 512, 16, 16, 2),
+]
+IR_SWEEP = [  # launcher overrides tried per shape (the default heuristic is timed as "default")
+    dict(block_e=32, num_warps=4),
+    dict(block_e=32, num_warps=8),
+    dict(block_p=128, num_warps=8),
+    dict(block_p=32, num_warps=4),
+    dict(block_co=64),
+    dict(num_stages=1),
+    dict(num_stages=3),
+]
+
+
+def inverted_residual_section(bench, copy_ms, device, smoke: bool, tile_sweep: bool) -> dict:
+    """Time the fused inverted residual against the eager module and torch.compile of it (step 4)."""
+    import torch
+
+    import mobilevitv2_kernels as mk
+    from mobilevitv2 import MobileViTV2Config
+    from mobilevitv2.layers import MobileViTV2InvertedResidual
+    from mobilevitv2_kernels import triton_kernels as tk
+
+    batch, dtype = (2, torch.float16) if smoke else (256, torch.float16)
+    shapes = [("smoke", 8, 16, 8, 9, 7, 1)] if smoke else IR_SHAPES
+    rows, sweep_rows, errors = [], [], []
+    print("\nfused inverted residual (fp16, batch %d): eager module vs torch.compile vs fused op" % batch, flush=True)
+    for name, c_in, e, c_out, H, W, stride in shapes:
+        torch.manual_seed(0)
+        module = MobileViTV2InvertedResidual(MobileViTV2Config(), c_in, c_out, stride=stride)
+        assert module.expand_1x1.convolution.out_channels == e, (name, module.expand_1x1.convolution.out_channels)
+        with torch.no_grad():  # BatchNorm statistics that do not make the block an identity
+            for layer in (module.expand_1x1, module.conv_3x3, module.reduce_1x1):
+                bn = layer.normalization
+                bn.weight.uniform_(0.5, 1.5), bn.bias.uniform_(-0.2, 0.2)
+                bn.running_mean.uniform_(-0.5, 0.5), bn.running_var.uniform_(0.5, 2.0)
+        module = module.to(device).eval()
+        x32 = torch.randn(batch, c_in, H, W, device=device)
+        with torch.no_grad():
+            expected = module(x32)  # fp32 module: the oracle
+        module = module.to(dtype)
+        x = x32.to(dtype)
+        weights = []
+        for layer in (module.expand_1x1, module.conv_3x3, module.reduce_1x1):
+            w, b = mk.fold_batchnorm(layer.convolution.weight, layer.normalization)
+            weights += [w.flatten(1) if w.shape[-1] == 1 else w, b]
+        fused_module = MobileViTV2InvertedResidual(MobileViTV2Config(), c_in, c_out, stride=stride)
+        fused_module.load_state_dict(module.state_dict())
+        fused_module = fused_module.to(device=device, dtype=dtype).eval()
+        fused_module.conv_backend = "triton"
+        compiled = torch.compile(module, dynamic=False)
+
+        def no_grad(fn):
+            def call():
+                with torch.no_grad():
+                    return fn()
+            return call
+
+        providers = {
+            "eager module (conv+BN+SiLU x3)": no_grad(lambda: module(x)),
+            "eager module compiled": no_grad(lambda: compiled(x)),
+            "fused op (triton, BN pre-folded)": no_grad(lambda: mk.inverted_residual(
+                x, *weights, stride=stride, residual=module.use_residual, backend="triton")),
+            "fused module (folds per call)": no_grad(lambda: fused_module(x)),
+        }
+        H_out, W_out = -(-H // stride), -(-W // stride)
+        io_bytes = (x.numel() + batch * c_out * H_out * W_out) * x.element_size()
+        useful_flops = 2 * batch * (H * W * c_in * e + H_out * W_out * (9 * e + e * c_out))
+        executed_flops = 2 * batch * H_out * W_out * (9 * c_in * e + 9 * e + e * c_out)
+        copy = copy_ms(io_bytes)
+        errs = {}
+        for label in ("eager module (conv+BN+SiLU x3)", "fused op (triton, BN pre-folded)"):
+            try:
+                errs[label] = (providers[label]().float() - expected).abs().max().item()
+            except Exception as exc:  # keep going: GPU time is short, report everything at the end
+                errors.append(f"inverted residual {name} {label}: {exc!r}")
+        scale = expected.abs().max().item()
+        print(f"  {name}: ({batch},{c_in},{H},{W}) -> ({batch},{c_out},{H_out},{W_out}), E={e}, stride {stride}; "
+              f"x+y {io_bytes / 1e6:.0f} MB (copy {copy:.4f} ms); max|y| {scale:.2f}; max err vs fp32: "
+              + ", ".join(f"{k.split(' (')[0]} {v:.2e}" for k, v in errs.items()), flush=True)
+        fused_err, eager_err = errs.get("fused op (triton, BN pre-folded)"), errs.get("eager module (conv+BN+SiLU x3)")
+        if fused_err is not None and eager_err is not None and fused_err > 2 * eager_err + 1e-3:
+            errors.append(f"inverted residual {name}: fused error {fused_err:.3g} > 2x eager fp16 error {eager_err:.3g}")
+        times = {}
+        for label, fn in providers.items():
+            try:
+                times[label] = t = bench(fn)
+            except Exception as exc:
+                print(f"    {label:34s} FAILED {type(exc).__name__}: {exc}", flush=True)
+                errors.append(f"timing inverted residual {name} {label}: {exc!r}")
+                continue
+            rows.append({
+                "block": name, "shape": [batch, c_in, e, c_out, H, W, stride], "provider": label, "ms": t,
+                "copy_fraction": copy / t, "useful_tflops": useful_flops / t / 1e9,
+                "executed_tflops": executed_flops / t / 1e9,
+                "max_abs_err_vs_fp32": errs.get(label),
+            })
+            print(f"    {label:34s} {t:8.4f} ms  ({copy / t:6.1%} of copy, {useful_flops / t / 1e9:6.1f} useful TFLOP/s, "
+                  f"{executed_flops / t / 1e9:6.1f} executed)", flush=True)
+        base = times.get("eager module compiled")
+        fused = times.get("fused op (triton, BN pre-folded)")
+        if base and fused:
+            print(f"    fused op vs compiled module: {base / fused:.2f}x; vs eager module: "
+                  f"{times.get('eager module (conv+BN+SiLU x3)', float('nan')) / fused:.2f}x", flush=True)
+        if tile_sweep:
+            folded = [w.to(dtype).contiguous() if i in (0, 4) else w for i, w in enumerate(weights)]
+            for cfg in [{}] + IR_SWEEP:
+                try:
+                    t = bench(lambda: tk.inverted_residual_forward(
+                        x, *folded, stride, 1, module.use_residual, **cfg), rep=50)
+                except Exception as exc:  # a configuration that does not compile is reported, not fatal
+                    print(f"    sweep {cfg}: failed: {type(exc).__name__}: {str(exc)[:200]}")
+                    continue
+                sweep_rows.append({"block": name, "config": cfg or "default", "ms": t, "copy_fraction": copy / t})
+            best = min((r for r in sweep_rows if r["block"] == name), key=lambda r: r["ms"], default=None)
+            if best:
+                print(f"    sweep best: {best['config']} {best['ms']:.4f} ms", flush=True)
+    return {"batch": batch, "dtype": "fp16", "rows": rows, "sweep": sweep_rows, "errors": errors}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -275,7 +275,9 @@ def model_cases(
     reduce_overhead: bool = False,
     transformers_baseline: bool = True,
 ) -> list[Case]:
-    """Whole-model cases: ours eager, ours fused (and compiled), transformers eager (and compiled)."""
+    """Whole-model cases: ours eager, ours fused (and compiled), transformers eager (and compiled); on a GPU
+    at inference also "ours fused+conv": fused attention plus the fused inverted residuals
+    (``set_conv_implementation("auto")``)."""
     from mobilevitv2 import MobileViTV2Config, MobileViTV2ForImageClassification
 
     config = MobileViTV2Config.from_width(width, num_labels=1000)
@@ -345,6 +347,15 @@ def model_cases(
             cases.append(Case(group, "ours fused compiled", make_step(forward_of(fused, fullgraph=True)), items=batch))
             if reduce_overhead:
                 cases.append(Case(group, "ours fused compiled reduce-overhead", make_step(forward_of(fused, mode="reduce-overhead", fullgraph=True)), items=batch))
+        if not training:  # the fused inverted residual is inference-only (a training step would run eager convs)
+            fused_conv = MobileViTV2ForImageClassification(MobileViTV2Config.from_width(width, num_labels=1000))
+            fused_conv.set_attn_implementation("auto").set_conv_implementation("auto")
+            fused_conv.load_state_dict(ours.state_dict())
+            cases.append(Case(group, "ours fused+conv", make_step(fused_conv), items=batch))
+            if compiled:
+                cases.append(Case(group, "ours fused+conv compiled", make_step(forward_of(fused_conv, fullgraph=True)), items=batch))
+                if reduce_overhead:
+                    cases.append(Case(group, "ours fused+conv compiled reduce-overhead", make_step(forward_of(fused_conv, mode="reduce-overhead", fullgraph=True)), items=batch))
     elif compiled:
         cases.append(Case(group, "ours compiled", make_step(forward_of(eager, fullgraph=True)), items=batch))
     return cases
