@@ -1,6 +1,6 @@
 """Triton kernel for the fused MobileNetV2 inverted residual (inference), and its launcher.
 
-Computes, with BatchNorm folded into the weights (see :mod:`mobilevitv2_kernels.reference`):
+Computes, with BatchNorm folded into the weights (:mod:`mobilevitv2_kernels.folding`):
     h = SiLU(x @ w_expand^T + b_expand)                   expand 1x1, C_in -> E
     h = SiLU(depthwise3x3(h, w_dw, stride, dilation) + b_dw)
     y = h @ w_reduce^T + b_reduce (+ x)                   reduce 1x1, E -> C_out
@@ -33,10 +33,10 @@ extra expand FLOPs cost less than the two E-channel round trips they save is wha
 plus its border once, 1.3-1.6x recompute, needs shifted reads of an on-chip tile, which Triton does not
 expose; it would go through a scratch buffer or CUDA.)
 
-Registers, from ptxas for sm_90 (fp16, unit strides and multiple-of-16 sizes as the JIT specialises them):
-at the defaults BLOCK_P=64, BLOCK_K<=64, BLOCK_E<=64, 8 warps, 198 registers per thread with BLOCK_CO=128
-and 239 with BLOCK_CO=256, no spills; float32 (IEEE dots) 191 at BLOCK_CO=128 but spills at 256, hence its
-cap. The accumulator (BLOCK_CO x BLOCK_P fp32) lives through the whole E loop, dw through the tap loop;
+Registers, from ptxas for sm_90 with the JIT's specialisation of the width-1.0 shapes (checked by
+tests/test_fused_inverted_residual.py::test_kernel_compiles_for_sm90): at the defaults BLOCK_P=64,
+BLOCK_K<=64, BLOCK_E<=64, 8 warps, fp16 uses 125-191 registers per thread with BLOCK_CO<=128 and 232-248
+with BLOCK_CO=256, no spills; float32 (IEEE dots) 191 at BLOCK_CO=128 but spills at 256, hence its cap. The accumulator (BLOCK_CO x BLOCK_P fp32) lives through the whole E loop, dw through the tap loop;
 the w_reduce tile (BLOCK_CO x BLOCK_E) is the largest transient. Weight tiles are loaded in x's dtype with
 unit inner stride (the launcher makes them so; float32 weight tiles feeding an fp16 dot spill). 4 warps
 at these tiles spill too; BLOCK_E=32 with 4 warps fits (231). The tile sweep of the GPU script picks among
@@ -61,11 +61,11 @@ from mobilevitv2_kernels.inverted_residual import output_memory_format
 @triton.jit
 def _inverted_residual_fwd_kernel(
     x_ptr,  # (B, C_IN, H, W), any strides; x's dtype is the dot dtype
-    w_expand_ptr,  # (E, C_IN), any strides, any float dtype (cast to x's dtype for the dot)
+    w_expand_ptr,  # (E, C_IN), any strides (the launcher passes x's dtype, contiguous)
     b_expand_ptr,  # (E,), any stride
     w_dw_ptr,  # (E, 9), any strides: tap t = 3*kh + kw
     b_dw_ptr,  # (E,), any stride
-    w_reduce_ptr,  # (C_OUT, E), any strides (cast to x's dtype for the dot)
+    w_reduce_ptr,  # (C_OUT, E), any strides (the launcher passes x's dtype, contiguous)
     b_reduce_ptr,  # (C_OUT,), any stride
     out_ptr,  # (B, C_OUT, H_OUT, W_OUT), any strides, x's dtype
     stride_x_b,  # x.stride(0)
@@ -97,10 +97,10 @@ def _inverted_residual_fwd_kernel(
     STRIDE: tl.constexpr,  # depthwise stride, 1 or 2
     DILATION: tl.constexpr,  # depthwise dilation (= its padding)
     RESIDUAL: tl.constexpr,  # add x (STRIDE == 1 and C_IN == C_OUT)
-    BLOCK_P: tl.constexpr,  # output pixels per program (M of both dots)
+    BLOCK_P: tl.constexpr,  # output pixels per program (N of both dots)
     BLOCK_K: tl.constexpr,  # input channels per expand-dot step (K of the expand dot)
-    BLOCK_E: tl.constexpr,  # expanded channels per chunk (N of the expand dot, K of the reduce dot)
-    BLOCK_CO: tl.constexpr,  # output channels per program (N of the reduce dot)
+    BLOCK_E: tl.constexpr,  # expanded channels per chunk (M of the expand dot, K of the reduce dot)
+    BLOCK_CO: tl.constexpr,  # output channels per program (M of the reduce dot)
     DOT_PRECISION: tl.constexpr,  # "ieee" for float32 dots; ignored for 16-bit inputs
     DOT_FP32: tl.constexpr,  # feed the dots in float32 (only for bfloat16 under the interpreter, see launcher)
 ):
