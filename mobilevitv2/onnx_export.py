@@ -76,6 +76,12 @@ class _TensorOutputs(nn.Module):
         return tuple(self.model(pixel_values, return_dict=False))
 
 
+def _eager_copy(model):
+    """A float32 CPU copy running the reference path only (no custom ops reach the exported graph)."""
+    model = copy.deepcopy(model).float().cpu().eval()
+    return model.set_attn_implementation("eager", check=False).set_conv_implementation("eager", check=False)
+
+
 def output_names(model: MobileViTV2PreTrainedModel) -> list[str]:
     if isinstance(model, (MobileViTV2ForImageClassification, MobileViTV2ForSemanticSegmentation)):
         return ["logits"]
@@ -88,7 +94,7 @@ def output_names(model: MobileViTV2PreTrainedModel) -> list[str]:
 
 def exportable_copy(model: MobileViTV2PreTrainedModel, height: int, width: int) -> MobileViTV2PreTrainedModel:
     """A float32 CPU copy on the eager path whose run-time-sized resizes are fixed for ``height`` x ``width``."""
-    model = copy.deepcopy(model).float().cpu().eval().set_attn_implementation("eager", check=False)
+    model = _eager_copy(model)
     sizes: dict[nn.Module, tuple[int, int]] = {}
     hooks = [
         m.register_forward_hook(lambda mod, args, out: sizes.__setitem__(mod, tuple(args[0].shape[-2:])))
@@ -164,7 +170,7 @@ def run_onnx(path: str | os.PathLike, pixel_values: torch.Tensor) -> list[np.nda
 
 def max_abs_difference(model: MobileViTV2PreTrainedModel, path: str | os.PathLike, pixel_values: torch.Tensor) -> float:
     """Largest |onnxruntime - PyTorch eager| over all outputs, in float32 on the CPU."""
-    reference = _TensorOutputs(copy.deepcopy(model).float().cpu().eval().set_attn_implementation("eager", check=False))
+    reference = _TensorOutputs(_eager_copy(model))
     with torch.no_grad():
         expected = reference(pixel_values.float().cpu())
     expected = [expected] if isinstance(expected, torch.Tensor) else list(expected)

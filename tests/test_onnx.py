@@ -75,3 +75,17 @@ def test_backbone_features_export(tmp_path):
     proto, _ = graph(path)
     assert [o.name for o in proto.graph.output] == ["stage1", "stage3"]
     check_runtime(backbone, path, (2, 3, 128, 128))
+
+
+def test_fused_settings_never_reach_the_exported_graph(tmp_path):
+    """A model set to the fused kernels exports the reference path: only standard ONNX ops."""
+    import mobilevitv2_kernels
+
+    if "triton" not in mobilevitv2_kernels.available_backends("cpu"):
+        pytest.skip("needs the Triton interpreter to set the fused implementations on the CPU")
+    model = MobileViTV2ForImageClassification(MobileViTV2Config(width_multiplier=0.5, num_labels=3)).eval()
+    model.set_attn_implementation("triton").set_conv_implementation("triton")
+    path = export_onnx(model, tmp_path / "fused.onnx", 64, 64)
+    proto, _ = graph(path)
+    assert {node.domain for node in proto.graph.node} <= {"", "ai.onnx"}
+    assert model.attn_implementation == model.conv_implementation == "triton"  # the caller's model is untouched
