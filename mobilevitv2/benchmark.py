@@ -69,9 +69,9 @@ def environment(device: torch.device) -> dict:
 
 
 def _git_commit() -> str | None:
-    """The checkout's commit, or $BENCH_COMMIT where the code runs from a copy without .git (a GPU box)."""
-    if os.environ.get("BENCH_COMMIT"):
-        return os.environ["BENCH_COMMIT"]
+    """The checkout's commit, or $GIT_COMMIT where the code runs from a copy without .git (a GPU box)."""
+    if os.environ.get("GIT_COMMIT"):
+        return os.environ["GIT_COMMIT"]
     try:
         here = os.path.dirname(os.path.abspath(__file__))
         out = subprocess.run(["git", "-C", here, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5)
