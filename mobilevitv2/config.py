@@ -176,6 +176,10 @@ class MobileViTV2Config:
     def from_dict(cls, data: dict[str, Any], **overrides: Any) -> "MobileViTV2Config":
         """Build from a transformers-style dict; tolerant of old hub configs (missing architecture keys take
         the defaults, ``mlp_ratio`` is ignored, ``MobileViTv2...`` class spellings are accepted)."""
+        if "num_labels" in overrides and "id2label" not in overrides:
+            # An explicit num_labels replaces the file's labels (transformers regenerates LABEL_i names);
+            # otherwise the file's id2label would win below and the override would be silently dropped.
+            data = {k: v for k, v in data.items() if k not in ("id2label", "label2id")}
         data = {**data, **overrides}
         model_type = data.pop("model_type", MODEL_TYPE)
         if model_type != MODEL_TYPE:

@@ -2,7 +2,8 @@
 or ``pytorch_model.bin``), locally or from the Hugging Face Hub, with errors that name the problem.
 
 Nothing half-loads silently: by default every key must match in name and shape; ``strict=False`` keeps
-the model's own initialisation for missing keys and says which, in one warning.
+the model's own initialisation for missing and mis-shaped keys (a new head: ``num_labels=10``) and says
+which, in one warning.
 """
 
 from __future__ import annotations
@@ -118,7 +119,7 @@ def load_state_dict_checked(
         if k in state_dict and tuple(state_dict[k].shape) != tuple(expected[k].shape)
     ]
     problems = []
-    if mismatched:
+    if strict and mismatched:
         problems.append("shape mismatch for " + "; ".join(mismatched))
     if strict and missing:
         problems.append(f"{len(missing)} missing keys: {_short(missing)}")
@@ -126,13 +127,16 @@ def load_state_dict_checked(
         problems.append(f"{len(unexpected)} unexpected keys: {_short(unexpected)}")
     if problems:
         raise CheckpointError(f"{source} does not fit {type(model).__name__}: " + " | ".join(problems))
-    if missing or unexpected:
+    if missing or unexpected or mismatched:
+        shapes = f"; shape mismatch (kept the initialisation) for {'; '.join(mismatched)}" if mismatched else ""
         warnings.warn(
             f"{source}: loaded non-strictly into {type(model).__name__}; {len(missing)} keys kept their "
-            f"initialisation ({_short(missing)}), {len(unexpected)} checkpoint keys were not used ({_short(unexpected)})",
+            f"initialisation ({_short(missing)}), {len(unexpected)} checkpoint keys were not used ({_short(unexpected)})"
+            + shapes,
             stacklevel=3,
         )
-    model.load_state_dict({k: v for k, v in state_dict.items() if k in expected}, strict=False)
+    fitting = {k: v for k, v in state_dict.items() if k in expected and tuple(v.shape) == tuple(expected[k].shape)}
+    model.load_state_dict(fitting, strict=False)
 
 
 def save_directory(model: nn.Module, config_dict_writer, directory: str | os.PathLike, safe_serialization: bool = True) -> None:

@@ -127,3 +127,15 @@ def test_wrong_model_type(tmp_path, model):
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="model_type 'mobilevit', expected 'mobilevitv2'"):
         MobileViTV2ForImageClassification.from_pretrained(tmp_path)
+
+
+def test_num_labels_override_gives_a_new_head(saved):
+    # The file's id2label (3 labels) must not silently win over an explicit num_labels.
+    with pytest.raises(CheckpointError, match=r"classifier.weight: checkpoint \(3, 256\) vs model \(10, 256\)"):
+        MobileViTV2ForImageClassification.from_pretrained(saved, num_labels=10)
+    with pytest.warns(UserWarning, match=r"classifier.weight"):
+        model = MobileViTV2ForImageClassification.from_pretrained(saved, num_labels=10, strict=False)
+    assert model.config.num_labels == 10 and model.classifier.out_features == 10
+    assert model.config.id2label[9] == "LABEL_9"
+    original = MobileViTV2ForImageClassification.from_pretrained(saved)
+    assert torch.equal(model.mobilevitv2.conv_stem.convolution.weight, original.mobilevitv2.conv_stem.convolution.weight)
