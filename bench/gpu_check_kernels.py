@@ -175,9 +175,9 @@ def main() -> int:
         fwd_bytes = (1 + 2 * d + d) * B * P * N * elem  # read qkv, write out
         bwd_bytes = ((1 + 2 * d) * 2 + d) * B * P * N * elem  # read qkv and grad, write grad_qkv
         copy_fwd, copy_bwd = copy_ms(fwd_bytes), copy_ms(bwd_bytes)
-        copy_bw = fwd_bytes / copy_fwd / 1e9  # GB/s of the copy (read + write)
+        copy_tbps = fwd_bytes / copy_fwd / 1e9  # bytes per ms / 1e9 = TB/s of the copy (read + write)
         print(f"\nshape (B,d,P,N)=({B},{d},{P},{N}) fp16: fwd {fwd_bytes / 1e6:.0f} MB, bwd {bwd_bytes / 1e6:.0f} MB, "
-              f"copy {copy_bw / 1e3:.2f} TB/s", flush=True)
+              f"copy {copy_tbps:.2f} TB/s", flush=True)
 
         providers = {
             "reference eager": (
