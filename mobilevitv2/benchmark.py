@@ -382,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="mobilevitv2 bench",
         description="Run the default benchmark sweep on this machine's device (GPU: the attention core at the three "
         "stage shapes and width 1.0 at batch 1 and 256 in fp16, against transformers eager and compiled; CPU: a "
-        "two-minute fp32 version) and write a JSON and a CSV with the device, versions and commit.",
+        "one-minute fp32 version) and write a JSON and a CSV with the device, versions and commit.",
     )
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda if present)")
     parser.add_argument("--out", default=None, help="results path prefix (writes .json and .csv); default bench-results/<device>-<date>")
