@@ -159,8 +159,9 @@ def inverted_residual(
 
     Weights and biases may be float32 (what ``fold_batchnorm`` returns) or ``x``'s dtype. The Triton kernel
     feeds its two 1x1 matmuls in ``x``'s dtype with float32 accumulation (IEEE fp32, not TF32, for a float32
-    ``x``) and keeps the E-channel expanded activation in registers; the reference casts every weight to
-    ``x``'s dtype and runs three ``F.conv2d``.
+    ``x``) and keeps the E-channel expanded activation on chip (registers, or for its "halo" variant, the
+    launcher's provisional choice at stride 1, a small per-program scratch buffer meant to stay in L2); the
+    reference casts every weight to ``x``'s dtype and runs three ``F.conv2d``.
 
     Returns:
         (B, C_out, ceil(H/stride), ceil(W/stride)) in ``x``'s dtype, channels_last if ``x`` is, else

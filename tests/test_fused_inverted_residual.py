@@ -162,18 +162,85 @@ KERNEL_CASES = [
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("B, c_in, e, c_out, H, W, stride, dilation, residual, tiles", KERNEL_CASES)
 def test_kernel_matches_reference(device, dtype, B, c_in, e, c_out, H, W, stride, dilation, residual, tiles):
+    variant = "recompute"  # the halo variant has its own cases below
     from mobilevitv2_kernels.triton_kernels import inverted_residual_forward
 
     x = torch.randn(B, c_in, H, W, device=device).to(dtype)
     weights = make_weights(c_in, e, c_out, device)
     shape = (B, c_out, -(-H // stride), -(-W // stride))
     out = torch.full(shape, float("nan"), dtype=dtype, device=device)
-    result = inverted_residual_forward(x, *weights, stride, dilation, residual, out=out, **tiles)
+    result = inverted_residual_forward(x, *weights, stride, dilation, residual, out=out, variant=variant, **tiles)
     assert result.data_ptr() == out.data_ptr() and result.dtype == dtype
     assert_close(result, x, weights, stride, dilation, residual)
 
 
-def test_padding_is_zero_in_the_expanded_map(device):
+# The halo variant: (B, C_in, E, C_out, H, W, stride, dilation, residual, overrides). Images smaller than one
+# tile and larger than several, stride 1 and 2, dilation 1 and 2, every loop with a tail, and a persistent
+# grid smaller than the work (scratch slots reused across work items).
+HALO_CASES = [
+    pytest.param(2, 8, 24, 8, 7, 9, 1, 1, True, {}, id="odd-7x9-residual-one-tile"),
+    pytest.param(2, 8, 24, 12, 7, 9, 2, 1, False, {}, id="odd-7x9-s2"),
+    pytest.param(1, 20, 40, 20, 5, 6, 1, 2, True, {}, id="B1-d2-residual"),
+    # C_in 20 in K-steps of 16, E 40 in chunks of 16, C_out 20 in blocks of 16, a 9x11 output in 4x8 tiles
+    # (3 x 2 per image, partial at the bottom and right), halo 6x10 = 60 pixels in steps of 16 (64), and 3
+    # programs for 12 work items
+    pytest.param(1, 20, 40, 20, 9, 11, 1, 1, True,
+                 dict(tile_h=4, tile_w=8, block_k=16, block_e=16, block_co=16, block_hp=16, num_programs=3),
+                 id="tails-persistent"),
+    pytest.param(2, 12, 24, 20, 13, 10, 2, 2, False, dict(tile_h=4, tile_w=4, block_hp=16, num_programs=5),
+                 id="s2-d2-tiles"),
+    pytest.param(2, 3, 16, 5, 1, 1, 1, 1, False, {}, id="1x1-image"),  # every off-centre tap is padding
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("B, c_in, e, c_out, H, W, stride, dilation, residual, tiles", HALO_CASES)
+def test_halo_kernel_matches_reference(device, dtype, B, c_in, e, c_out, H, W, stride, dilation, residual, tiles):
+    from mobilevitv2_kernels.triton_kernels import inverted_residual_forward
+
+    x = torch.randn(B, c_in, H, W, device=device).to(dtype)
+    weights = make_weights(c_in, e, c_out, device)
+    shape = (B, c_out, -(-H // stride), -(-W // stride))
+    out = torch.full(shape, float("nan"), dtype=dtype, device=device)
+    result = inverted_residual_forward(x, *weights, stride, dilation, residual, out=out, variant="halo", **tiles)
+    assert result.data_ptr() == out.data_ptr() and result.dtype == dtype
+    assert_close(result, x, weights, stride, dilation, residual)
+
+
+def test_halo_scratch_in_x_dtype(device):
+    """scratch_dtype=float16 rounds the expanded activation as PyTorch's float16 block does: within bounds."""
+    from mobilevitv2_kernels.triton_kernels import inverted_residual_forward
+
+    x = torch.randn(2, 16, 9, 10, device=device).half()
+    weights = make_weights(16, 32, 16, device)
+    got = inverted_residual_forward(x, *weights, 1, 1, True, variant="halo", scratch_dtype=torch.float16)
+    assert_close(got, x, weights, 1, 1, True)
+
+
+def test_variant_selection():
+    """variant=None is the PROVISIONAL automatic rule (halo at stride 1, recompute at stride 2); settings of
+    the other variant and unknown variants are refused."""
+    from mobilevitv2_kernels.triton_kernels import inverted_residual as ir
+
+    assert ir.choose_variant(1) == "halo" and ir.choose_variant(2) == "recompute"
+    assert ir.choose_variant(2, "halo") == "halo" and ir.choose_variant(1, "recompute") == "recompute"
+    with pytest.raises(ValueError, match="variant must be one of"):
+        ir.choose_variant(1, "fast")
+    with pytest.raises(ValueError, match="'halo' variant"):
+        ir.launch_config(torch.float16, 8, 16, 8, variant="recompute", tile_h=4)
+    with pytest.raises(ValueError, match="'recompute' variant"):
+        ir.launch_config(torch.float16, 8, 16, 8, variant="halo", block_p=32)
+    with pytest.raises(ValueError, match="tile_h \\* tile_w must be a power of two >= 16"):
+        ir.launch_config(torch.float16, 8, 16, 8, variant="halo", tile_h=2, tile_w=4)
+    # the halo factor of the defaults: 8x16 tiles for 16-bit (10x18 halo), 8x8 for float32 / 256 channels
+    cfg = ir.launch_config(torch.float16, 128, 256, 128, variant="halo")
+    assert ir.halo_geometry(cfg, 1, 1) == dict(halo_h=10, halo_w=18, halo=180, halo_pad=192, factor=1.5)
+    cfg = ir.launch_config(torch.float16, 128, 256, 256, variant="halo")
+    assert (cfg["tile_h"], cfg["tile_w"]) == (8, 8) and ir.halo_geometry(cfg, 1, 1)["halo_pad"] == 128
+
+
+@pytest.mark.parametrize("variant", ["recompute", "halo"])
+def test_padding_is_zero_in_the_expanded_map(device, variant):
     """A tap outside the image contributes 0, not SiLU(b_expand). Zero-padding x instead (so that border
     taps see SiLU(b_expand), here SiLU(3)) changes every border pixel and no interior pixel."""
     from mobilevitv2_kernels.triton_kernels import inverted_residual_forward
@@ -181,7 +248,7 @@ def test_padding_is_zero_in_the_expanded_map(device):
     x = torch.randn(1, 4, 5, 5, device=device)
     w1, _, w2, b2, w3, b3 = make_weights(4, 16, 4, device)
     weights = (w1, torch.full((16,), 3.0, device=device), w2, b2, w3, b3)
-    got = inverted_residual_forward(x, *weights, 1, 1, False)
+    got = inverted_residual_forward(x, *weights, 1, 1, False, variant=variant)
     assert_close(got, x, weights, 1, 1, False)
     x_padded = torch.nn.functional.pad(x, (1, 1, 1, 1))
     wrong = reference.inverted_residual_forward(x_padded, *weights, 1, 1, False)[..., 1:-1, 1:-1]
@@ -192,9 +259,10 @@ def test_padding_is_zero_in_the_expanded_map(device):
     torch.testing.assert_close(got[..., ~border], wrong[..., ~border])
 
 
+@pytest.mark.parametrize("variant", ["recompute", "halo"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
 @pytest.mark.parametrize("layout", ["channels_last", "channel_slice", "column_slice"])
-def test_strided_inputs(device, dtype, layout):
+def test_strided_inputs(device, dtype, layout, variant):
     """channels_last and sliced inputs are read in place; the output follows x's layout (channels_last for
     channels_last, contiguous otherwise), and an ``out`` of any strides is written through its strides."""
     from mobilevitv2_kernels.triton_kernels import inverted_residual_forward
@@ -209,12 +277,12 @@ def test_strided_inputs(device, dtype, layout):
     assert not x.is_contiguous()
     weights = make_weights(C, 24, C, device)
     for stride, residual in ((1, True), (2, False)):
-        result = inverted_residual_forward(x, *weights, stride, 1, residual)
+        result = inverted_residual_forward(x, *weights, stride, 1, residual, variant=variant)
         expect_cl = layout == "channels_last"
         assert result.is_contiguous(memory_format=torch.channels_last if expect_cl else torch.contiguous_format)
         assert_close(result, x, weights, stride, 1, residual)
     out = torch.full((B, C, W, H), float("nan"), dtype=dtype, device=device).transpose(2, 3)  # strided out
-    inverted_residual_forward(x, *weights, 1, 1, True, out=out)
+    inverted_residual_forward(x, *weights, 1, 1, True, out=out, variant=variant)
     assert_close(out, x, weights, 1, 1, True)
 
 
@@ -356,8 +424,24 @@ def op_calls(monkeypatch):
     return calls
 
 
+@pytest.fixture
+def kernel_variants(monkeypatch):
+    """Records the kernel variant the Triton launcher picks at every call (the op passes variant=None)."""
+    from mobilevitv2_kernels.triton_kernels import inverted_residual as ir
+
+    picked = []
+    real = ir.choose_variant
+
+    def spy(stride, variant=None):
+        picked.append((stride, real(stride, variant)))
+        return picked[-1][1]
+
+    monkeypatch.setattr(ir, "choose_variant", spy)
+    return picked
+
+
 @needs_cpu_triton
-def test_classification_fused_convs_match_eager(op_calls):
+def test_classification_fused_convs_match_eager(op_calls, kernel_variants):
     eager, fused = model_pair(MobileViTV2ForImageClassification, num_labels=5)
     fused.set_attn_implementation("triton")
     assert list(eager.state_dict()) == list(fused.state_dict())  # no new keys
@@ -366,6 +450,8 @@ def test_classification_fused_convs_match_eager(op_calls):
         expected = eager(x, output_hidden_states=True)
         got = fused(x, output_hidden_states=True)
     assert op_calls == ["triton"] * 6  # stage 1 (1), stage 2 (2), down-sampling blocks of stages 3-5 (3)
+    # the automatic (provisional) rule: the halo kernel for the two stride-1 blocks, recompute for the rest
+    assert kernel_variants == [(1, "halo"), (2, "recompute"), (1, "halo")] + [(2, "recompute")] * 3
     assert_nontrivial(expected.logits, "eager logits")
     assert_close_fp32(got.logits, expected.logits, "logits")
     for i, (g, e) in enumerate(zip(got.hidden_states, expected.hidden_states)):
@@ -374,7 +460,7 @@ def test_classification_fused_convs_match_eager(op_calls):
 
 @needs_cpu_triton
 @pytest.mark.parametrize("output_stride", [16, 8])
-def test_segmentation_dilated_blocks_match_eager(op_calls, output_stride):
+def test_segmentation_dilated_blocks_match_eager(op_calls, kernel_variants, output_stride):
     """Under OS 16/8 the down-sampling blocks of stages 4-5 run with stride 1 and dilation 1 or 2."""
     eager, fused = model_pair(MobileViTV2ForSemanticSegmentation, num_labels=3, output_stride=output_stride)
     fused.set_attn_implementation("triton")
@@ -384,6 +470,9 @@ def test_segmentation_dilated_blocks_match_eager(op_calls, output_stride):
     with torch.no_grad():
         expected, got = eager(x).logits, fused(x).logits
     assert len(op_calls) == 6
+    # stride-1 blocks (dilated under OS 8/16) run the halo kernel
+    assert [v for _, v in kernel_variants].count("halo") == (4 if output_stride == 8 else 3)
+    assert all(v == ("halo" if s == 1 else "recompute") for s, v in kernel_variants)
     assert_nontrivial(expected, "eager segmentation logits")
     assert_close_fp32(got, expected, "segmentation logits")
 
@@ -502,7 +591,6 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from mobilevitv2_kernels.triton_kernels import inverted_residual as ir
 
-kernel = ir._inverted_residual_fwd_kernel
 cuobjdump = glob.glob(os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump"))
 try:
     from triton._C.libtriton import native_specialize_impl
@@ -511,15 +599,22 @@ except ImportError as exc:
     print("SKIP: unsupported Triton internals:", exc)
     sys.exit(0)
 
-def compile_for_hopper(dtype, B, c_in, e, c_out, H, W, stride, dilation, residual):
+def compile_for_hopper(variant, dtype, B, c_in, e, c_out, H, W, stride, dilation, residual):
     # The launch the launcher would make for these shapes (meta tensors: no memory, real strides) ...
     x = torch.empty(B, c_in, H, W, dtype=dtype, device="meta")
     out = torch.empty(B, c_out, -(-H // stride), -(-W // stride), dtype=dtype, device="meta")
     w = [torch.empty(e, c_in, dtype=dtype, device="meta"), torch.empty(e, device="meta"),
          torch.empty(e, 9, device="meta"), torch.empty(e, device="meta"),
          torch.empty(c_out, e, dtype=dtype, device="meta"), torch.empty(c_out, device="meta")]
-    cfg = ir.launch_config(dtype, c_in, e, c_out)
-    args, meta, _ = ir.kernel_arguments(x, *w, out, stride, dilation, residual, cfg)
+    cfg = ir.launch_config(dtype, c_in, e, c_out, variant=variant)
+    if variant == "recompute":
+        kernel = ir._inverted_residual_fwd_kernel
+        args, meta, _ = ir.kernel_arguments(x, *w, out, stride, dilation, residual, cfg)
+    else:
+        kernel = ir._inverted_residual_halo_fwd_kernel
+        halo_pad = ir.halo_geometry(cfg, stride, dilation)["halo_pad"]
+        scratch = torch.empty(264, cfg["block_e"], halo_pad, device="meta")  # 2 x 132 SMs (H100 SXM)
+        args, meta, _ = ir.halo_kernel_arguments(x, *w, out, scratch, stride, dilation, residual, cfg)
     options = {"num_warps": meta.pop("num_warps"), "num_stages": meta.pop("num_stages")}
     # ... specialised as the JIT does (value 1 -> constant; multiples of 16 and pointers -> divisibility 16).
     signature, constexprs, attrs = {}, {}, {}
@@ -546,17 +641,19 @@ def compile_for_hopper(dtype, B, c_in, e, c_out, H, W, stride, dilation, residua
         os.remove(path)
         usage = next(line.strip() for line in usage.splitlines() if "REG:" in line).split(" CONSTANT")[0]
         assert "STACK:0 " in usage + " ", ("register spills", dtype, (c_in, e, c_out), cfg, usage)
-    print("compiled", dtype, (c_in, e, c_out, H, W, stride, dilation, residual), cfg, usage)
+    print("compiled", variant, dtype, (c_in, e, c_out, H, W, stride, dilation, residual), cfg, usage)
 
 # Width-1.0 blocks at 256x256 input, batch 256: layer.0, layer.1.0, layer.1.1, layer.2 and layer.4
-# down-sampling; a dilated block (OS 8); float32 (IEEE dots) and bfloat16.
-compile_for_hopper(torch.float16, 256, 32, 64, 64, 128, 128, 1, 1, False)
-compile_for_hopper(torch.float16, 256, 64, 128, 128, 128, 128, 2, 1, False)
-compile_for_hopper(torch.float16, 256, 128, 256, 128, 64, 64, 1, 1, True)
-compile_for_hopper(torch.float16, 256, 128, 256, 256, 64, 64, 2, 1, False)
-compile_for_hopper(torch.float16, 256, 384, 768, 512, 16, 16, 2, 1, False)
-compile_for_hopper(torch.bfloat16, 8, 256, 512, 384, 32, 32, 1, 2, False)
-compile_for_hopper(torch.float32, 8, 128, 256, 256, 64, 64, 2, 1, False)
+# down-sampling; a dilated block (OS 8); float32 (IEEE dots) and bfloat16; both variants.
+for variant in ("recompute", "halo"):
+    compile_for_hopper(variant, torch.float16, 256, 32, 64, 64, 128, 128, 1, 1, False)
+    compile_for_hopper(variant, torch.float16, 256, 64, 128, 128, 128, 128, 2, 1, False)
+    compile_for_hopper(variant, torch.float16, 256, 128, 256, 128, 64, 64, 1, 1, True)
+    compile_for_hopper(variant, torch.float16, 256, 128, 256, 256, 64, 64, 2, 1, False)
+    compile_for_hopper(variant, torch.float16, 256, 384, 768, 512, 16, 16, 2, 1, False)
+    compile_for_hopper(variant, torch.bfloat16, 8, 256, 512, 384, 32, 32, 1, 2, False)
+    compile_for_hopper(variant, torch.float32, 8, 128, 256, 256, 64, 64, 2, 1, False)
+compile_for_hopper("halo", torch.float32, 256, 128, 256, 128, 64, 64, 1, 1, True)  # float32 at stride 1
 """
 
 
@@ -577,7 +674,7 @@ def test_kernel_compiles_for_sm90():
     if proc.returncode == 0 and proc.stdout.startswith("SKIP"):
         pytest.skip(proc.stdout.strip())
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    assert proc.stdout.count("compiled") == 7, proc.stdout
+    assert proc.stdout.count("compiled") == 15, proc.stdout
 
 
 # ----------------------------------------------------------------------------------------------------------

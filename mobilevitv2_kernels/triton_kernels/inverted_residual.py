@@ -1,4 +1,4 @@
-"""Triton kernel for the fused MobileNetV2 inverted residual (inference), and its launcher.
+"""Triton kernels for the fused MobileNetV2 inverted residual (inference), in two variants, and their launcher.
 
 Computes, with BatchNorm folded into the weights (:mod:`mobilevitv2_kernels.folding`):
     h = SiLU(x @ w_expand^T + b_expand)                   expand 1x1, C_in -> E
@@ -6,12 +6,16 @@ Computes, with BatchNorm folded into the weights (:mod:`mobilevitv2_kernels.fold
     y = h @ w_reduce^T + b_reduce (+ x)                   reduce 1x1, E -> C_out
 
 so that the E-channel expanded activation, the largest tensor of the network, never reaches memory.
+Variants (``variant=`` of :func:`inverted_residual_forward`; None = :func:`choose_variant`'s PROVISIONAL
+rule, halo at stride 1 and recompute at stride 2, to be decided by ``bench/gpu_check_kernels.py``):
+"recompute" evaluates the expand 1x1 once per (output pixel, tap); "halo" once per pixel of a 2-D tile's
+input halo, through a scratch buffer (described after the first).
 
-Work split: one program per (tile of BLOCK_P output pixels, block of BLOCK_CO output channels); pixels are
-the flattened (b, oh, ow) of the output, output-channel blocks adjacent in launch order so that programs
-sharing a pixel tile (and so its input pixels) run together. Every tile is (channels, pixels), pixels last
-and spread over a warp's threads: NCHW loads and stores coalesce along image rows, and per-pixel index
-vectors cost a register or two per thread. Each program loops over E in BLOCK_E chunks:
+Variant "recompute". Work split: one program per (tile of BLOCK_P output pixels, block of BLOCK_CO output
+channels); pixels are the flattened (b, oh, ow) of the output, output-channel blocks adjacent in launch
+order so that programs sharing a pixel tile (and so its input pixels) run together. Every tile is (channels,
+pixels), pixels last and spread over a warp's threads: NCHW loads and stores coalesce along image rows, and
+per-pixel index vectors cost a register or two per thread. Each program loops over E in BLOCK_E chunks:
 
     for each chunk of E:
         dw = 0                                               (BLOCK_E, BLOCK_P) fp32
@@ -29,9 +33,7 @@ number of output-channel blocks (1 whenever C_out <= BLOCK_CO: up to 256 channel
 float32). The depthwise conv and the reduce 1x1 run once. From DRAM, x is read once (the nine shifted
 reads of a tile hit L1/L2) and y written once; the E-channel activations never leave the chip. Whether the
 extra expand FLOPs cost less than the two E-channel round trips they save is what
-``bench/gpu_check_kernels.py`` measures. (A halo-tile variant, expanding each input pixel of a 2-D tile
-plus its border once, 1.3-1.6x recompute, needs shifted reads of an on-chip tile, which Triton does not
-expose; it would go through a scratch buffer or CUDA.)
+``bench/gpu_check_kernels.py`` measures.
 
 Registers, from ptxas for sm_90 with the JIT's specialisation of the width-1.0 shapes (checked by
 tests/test_fused_inverted_residual.py::test_kernel_compiles_for_sm90): at the defaults BLOCK_P=64,
@@ -41,6 +43,30 @@ the w_reduce tile (BLOCK_CO x BLOCK_E) is the largest transient. Weight tiles ar
 unit inner stride (the launcher makes them so; float32 weight tiles feeding an fp16 dot spill). 4 warps
 at these tiles spill too; BLOCK_E=32 with 4 warps fits (231). The tile sweep of the GPU script picks among
 such configurations.
+
+Variant "halo": a persistent grid (default 2 programs per SM), each program looping over work items
+(image, TILE_H x TILE_W output tile, block of BLOCK_CO output channels) with its own scratch slot of
+(BLOCK_E, HALO_PAD) in global memory (float32 by default, or x's dtype):
+
+    for each chunk of E:
+        for each BLOCK_HP pixels of the tile's input halo, ((TILE_H-1)*s+1+2d) x ((TILE_W-1)*s+1+2d):
+            scratch = SiLU(w_expand_chunk @ x_halo + b_expand), 0 outside the image    tl.dot, fp32
+        barrier
+        dw = sum over the 9 taps of scratch[tap-shifted window] * w_dw[:, tap]         gathers (L1/L2)
+        barrier                                                                      (before reuse)
+        acc += w_reduce_chunk @ SiLU(dw + b_dw)
+
+Expand work per output pixel: HALO_PAD / (TILE_H * TILE_W), 1.5 at the 16-bit default 8 x 16 tile (halo
+10 x 18 = 180 pixels in BLOCK_HP=32 steps: 192) at stride 1, dilation 1; 2.0 at 8 x 8 (100 -> 128; float32
+and BLOCK_CO 256, where 8 x 16 spills); 5.0 at stride 2 with 8 x 8 (17 x 17 -> 320), i.e. 1.25x the unfused
+block's expand there against recompute's 2.25x. The expand is repeated per output-channel block: once
+whenever C_out <= BLOCK_CO (every stride-1 block of the model at width 1.0 up to OS 16; the OS-8 dilated
+blocks with C_out 384/512 take it 2x). The scratch is small enough to stay in L2: 64 x 192 x 4 = 48 KiB per
+slot at the defaults, 2 x 132 slots = 12.4 MiB on an H100 SXM; its chunk is written and read back by the
+same program (L1/L2 traffic, no DRAM round trip in steady state). Registers from ptxas for sm_90 at the
+defaults (test_kernel_compiles_for_sm90): 175 (layer.0), 255 without spills elsewhere (16-bit), 192-196
+float32; 8 x 16 tiles spill for float32 and for BLOCK_CO=256, BLOCK_HP=64 or 128 tiles of 8 x 8 at 255
+are spill-free but no better. Whether halo beats recompute (and cuDNN + torch.compile) is unmeasured.
 
 Dot precision: float16/bfloat16 inputs use the tensor cores natively (wgmma on sm_90); a float32 input uses
 IEEE fp32 dots (no TF32), so float32 results match the eager model to 1e-5. All tile sizes are >= 16
@@ -56,6 +82,106 @@ import triton.language as tl
 
 from mobilevitv2_kernels.backends import triton_interpreter_enabled
 from mobilevitv2_kernels.inverted_residual import output_memory_format
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Pieces shared by both kernels (inlined by the compiler)
+# ----------------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _expand_silu(
+    x_pix,  # (P,) pointers to x[b, 0, ih, iw] of the pixels to expand
+    inside,  # (P,) the pixel is inside the image (else its expanded value is the conv padding, 0)
+    stride_x_c,
+    C_IN,
+    w_expand_ptr,
+    stride_we_e,
+    stride_we_k,
+    b_exp,  # (BLOCK_E,) float32 expand bias of this chunk
+    offs_e,  # (BLOCK_E,) expanded channels of this chunk
+    mask_e,
+    BLOCK_K: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    DOT_FP32: tl.constexpr,
+):
+    """SiLU(w_expand[offs_e] @ x[:, pixels] + b_expand), 0 outside the image: (BLOCK_E, P) float32."""
+    dot_dtype = tl.float32 if DOT_FP32 else w_expand_ptr.dtype.element_ty
+    h = tl.zeros((offs_e.shape[0], x_pix.shape[0]), dtype=tl.float32)
+    offs_k0 = tl.arange(0, BLOCK_K)
+    for k0 in range(0, C_IN, BLOCK_K):
+        offs_k = k0 + offs_k0
+        mask_k = offs_k < C_IN
+        wt = tl.load(
+            w_expand_ptr + offs_e[:, None] * stride_we_e + offs_k[None, :] * stride_we_k,
+            mask=mask_e[:, None] & mask_k[None, :],
+            other=0.0,
+        ).to(dot_dtype)  # (BLOCK_E, BLOCK_K)
+        xt = tl.load(
+            x_pix[None, :] + offs_k[:, None] * stride_x_c,
+            mask=mask_k[:, None] & inside[None, :],
+            other=0.0,
+        ).to(dot_dtype)  # (BLOCK_K, P)
+        h = tl.dot(wt, xt, h, input_precision=DOT_PRECISION)
+    h = h + b_exp[:, None]
+    h = h * tl.sigmoid(h)
+    return tl.where(inside[None, :], h, 0.0)  # zero padding of the expanded map, not SiLU(b_expand)
+
+
+@triton.jit
+def _reduce_step(
+    acc,  # (BLOCK_CO, P) float32 output accumulator
+    dw,  # (BLOCK_E, P) float32 depthwise sums of this E chunk, before bias and SiLU
+    offs_e,
+    mask_e,
+    b_dw_ptr,
+    stride_bd,
+    w_reduce_ptr,
+    stride_wr_c,
+    stride_wr_e,
+    offs_co,
+    mask_co,
+    DOT_PRECISION: tl.constexpr,
+    DOT_FP32: tl.constexpr,
+):
+    """acc + w_reduce[offs_co, offs_e] @ SiLU(dw + b_dw)."""
+    dot_dtype = tl.float32 if DOT_FP32 else w_reduce_ptr.dtype.element_ty
+    b_d = tl.load(b_dw_ptr + offs_e * stride_bd, mask=mask_e, other=0.0).to(tl.float32)
+    dw = dw + b_d[:, None]
+    dw = dw * tl.sigmoid(dw)  # padded channels (e >= E) are SiLU(0) = 0 and meet zero w_reduce columns
+    wr = tl.load(
+        w_reduce_ptr + offs_co[:, None] * stride_wr_c + offs_e[None, :] * stride_wr_e,
+        mask=mask_co[:, None] & mask_e[None, :],
+        other=0.0,
+    ).to(dot_dtype)  # (BLOCK_CO, BLOCK_E)
+    return tl.dot(wr, dw.to(dot_dtype), acc, input_precision=DOT_PRECISION)
+
+
+@triton.jit
+def _store_output(
+    acc,  # (BLOCK_CO, P) float32
+    offs_co,
+    mask_co,
+    mask_p,  # (P,) the output pixel exists
+    b_reduce_ptr,
+    stride_br,
+    x_center,  # (P,) pointers to x[b, 0, oh, ow] (read for the residual only)
+    stride_x_c,
+    out_pix,  # (P,) pointers to out[b, 0, oh, ow]
+    stride_o_c,
+    RESIDUAL: tl.constexpr,
+):
+    """out = acc + b_reduce (+ x), in out's dtype."""
+    acc += tl.load(b_reduce_ptr + offs_co * stride_br, mask=mask_co, other=0.0).to(tl.float32)[:, None]
+    mask = mask_co[:, None] & mask_p[None, :]
+    if RESIDUAL:
+        acc += tl.load(x_center[None, :] + offs_co[:, None] * stride_x_c, mask=mask, other=0.0).to(tl.float32)
+    tl.store(out_pix[None, :] + offs_co[:, None] * stride_o_c, acc.to(out_pix.dtype.element_ty), mask=mask)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Variant "recompute": the expand 1x1 evaluated once per (output pixel, tap)
+# ----------------------------------------------------------------------------------------------------------
 
 
 @triton.jit
@@ -107,7 +233,6 @@ def _inverted_residual_fwd_kernel(
     pid = tl.program_id(0)
     pid_p = pid // NUM_CO_BLOCKS  # pixel tile
     pid_co = pid % NUM_CO_BLOCKS  # output-channel block (fastest: neighbours share the pixel tile)
-    dot_dtype = tl.float32 if DOT_FP32 else x_ptr.dtype.element_ty
 
     offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)  # (BLOCK_P,) flattened (b, oh, ow)
     mask_p = offs_p < NUM_PIXELS
@@ -117,7 +242,6 @@ def _inverted_residual_fwd_kernel(
     ow = offs_p % W_OUT
     x_batch = x_ptr + b.to(tl.int64) * stride_x_b  # (BLOCK_P,) pointers to x[b, 0, 0, 0]
 
-    offs_k0 = tl.arange(0, BLOCK_K)
     offs_e0 = tl.arange(0, BLOCK_E)
     offs_co = pid_co * BLOCK_CO + tl.arange(0, BLOCK_CO)
     mask_co = offs_co < C_OUT
@@ -136,49 +260,131 @@ def _inverted_residual_fwd_kernel(
             iw = ow * STRIDE + (t % 3 - 1) * DILATION
             inside = mask_p & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)  # (BLOCK_P,)
             x_tap = x_batch + (ih * stride_x_h + iw * stride_x_w)  # (BLOCK_P,) pointers; int32 offsets
-            h = tl.zeros((BLOCK_E, BLOCK_P), dtype=tl.float32)
-            for k0 in range(0, C_IN, BLOCK_K):
-                offs_k = k0 + offs_k0
-                mask_k = offs_k < C_IN
-                wt = tl.load(
-                    w_expand_ptr + offs_e[:, None] * stride_we_e + offs_k[None, :] * stride_we_k,
-                    mask=mask_e[:, None] & mask_k[None, :],
-                    other=0.0,
-                ).to(dot_dtype)  # (BLOCK_E, BLOCK_K)
-                xt = tl.load(
-                    x_tap[None, :] + offs_k[:, None] * stride_x_c,
-                    mask=mask_k[:, None] & inside[None, :],
-                    other=0.0,
-                ).to(dot_dtype)  # (BLOCK_K, BLOCK_P)
-                h = tl.dot(wt, xt, h, input_precision=DOT_PRECISION)
-            h = h + b_exp[:, None]
-            h = h * tl.sigmoid(h)
-            h = tl.where(inside[None, :], h, 0.0)  # zero padding of the expanded map, not SiLU(b_expand)
+            h = _expand_silu(x_tap, inside, stride_x_c, C_IN, w_expand_ptr, stride_we_e, stride_we_k, b_exp,
+                             offs_e, mask_e, BLOCK_K, DOT_PRECISION, DOT_FP32)  # fmt: skip
             w_tap = tl.load(w_dw_ptr + offs_e * stride_wd_e + t * stride_wd_t, mask=mask_e, other=0.0)
             dw += h * w_tap.to(tl.float32)[:, None]
-        b_d = tl.load(b_dw_ptr + offs_e * stride_bd, mask=mask_e, other=0.0).to(tl.float32)
-        dw = dw + b_d[:, None]
-        dw = dw * tl.sigmoid(dw)  # padded channels (e >= E) are SiLU(0) = 0 and meet zero w_reduce columns
-        wr = tl.load(
-            w_reduce_ptr + offs_co[:, None] * stride_wr_c + offs_e[None, :] * stride_wr_e,
-            mask=mask_co[:, None] & mask_e[None, :],
-            other=0.0,
-        ).to(dot_dtype)  # (BLOCK_CO, BLOCK_E)
-        acc = tl.dot(wr, dw.to(dot_dtype), acc, input_precision=DOT_PRECISION)
+        acc = _reduce_step(acc, dw, offs_e, mask_e, b_dw_ptr, stride_bd, w_reduce_ptr, stride_wr_c, stride_wr_e,
+                           offs_co, mask_co, DOT_PRECISION, DOT_FP32)  # fmt: skip
 
-    acc += tl.load(b_reduce_ptr + offs_co * stride_br, mask=mask_co, other=0.0).to(tl.float32)[:, None]
-    mask = mask_co[:, None] & mask_p[None, :]
-    if RESIDUAL:
-        x_center = x_batch + (oh * stride_x_h + ow * stride_x_w)
-        acc += tl.load(x_center[None, :] + offs_co[:, None] * stride_x_c, mask=mask, other=0.0).to(tl.float32)
+    x_center = x_batch + (oh * stride_x_h + ow * stride_x_w)
     out_pix = out_ptr + b.to(tl.int64) * stride_o_b + (oh * stride_o_h + ow * stride_o_w)  # (BLOCK_P,) pointers
-    out_ptrs = out_pix[None, :] + offs_co[:, None] * stride_o_c
-    tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+    _store_output(acc, offs_co, mask_co, mask_p, b_reduce_ptr, stride_br, x_center, stride_x_c, out_pix, stride_o_c,
+                  RESIDUAL)  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Variant "halo": the expand 1x1 evaluated once per pixel of a 2-D tile's input halo, through a scratch buffer
+# ----------------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _inverted_residual_halo_fwd_kernel(
+    x_ptr, w_expand_ptr, b_expand_ptr, w_dw_ptr, b_dw_ptr, w_reduce_ptr, b_reduce_ptr, out_ptr,  # as above
+    scratch_ptr,  # (NUM_PROGRAMS, BLOCK_E, HALO_PAD) contiguous: each program's expanded halo chunk
+    stride_x_b, stride_x_c, stride_x_h, stride_x_w,
+    stride_we_e, stride_we_k, stride_be, stride_wd_e, stride_wd_t, stride_bd,
+    stride_wr_c, stride_wr_e, stride_br,
+    stride_o_b, stride_o_c, stride_o_h, stride_o_w,
+    C_IN, E, C_OUT, H, W, H_OUT, W_OUT,  # as above
+    TILES_H,  # cdiv(H_OUT, TILE_H)
+    TILES_W,  # cdiv(W_OUT, TILE_W)
+    NUM_CO_BLOCKS,  # cdiv(C_OUT, BLOCK_CO)
+    NUM_WORK,  # B * TILES_H * TILES_W * NUM_CO_BLOCKS work items, handed out round-robin
+    NUM_PROGRAMS,  # the grid: each program loops over work items pid, pid + NUM_PROGRAMS, ...
+    STRIDE: tl.constexpr,
+    DILATION: tl.constexpr,
+    RESIDUAL: tl.constexpr,
+    TILE_H: tl.constexpr,  # output rows per tile
+    TILE_W: tl.constexpr,  # output columns per tile; TILE_H * TILE_W (a power of two) = N of the reduce dot
+    HALO_W: tl.constexpr,  # (TILE_W - 1) * STRIDE + 1 + 2 * DILATION input columns of the halo
+    HALO: tl.constexpr,  # HALO_H * HALO_W input pixels of the halo, HALO_H = (TILE_H - 1) * STRIDE + 1 + 2 * DILATION
+    HALO_PAD: tl.constexpr,  # HALO rounded up to a multiple of BLOCK_HP
+    BLOCK_HP: tl.constexpr,  # halo pixels per expand dot (its N)
+    BLOCK_K: tl.constexpr,
+    BLOCK_E: tl.constexpr,
+    BLOCK_CO: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    DOT_FP32: tl.constexpr,
+):  # fmt: skip
+    pid = tl.program_id(0)
+    slot = scratch_ptr + pid.to(tl.int64) * (BLOCK_E * HALO_PAD)  # this program's scratch, reused per item
+    offs_e0 = tl.arange(0, BLOCK_E)
+    offs_hp0 = tl.arange(0, BLOCK_HP)
+    offs_q = tl.arange(0, TILE_H * TILE_W)  # output pixels of the tile, row-major
+    qy = offs_q // TILE_W
+    qx = offs_q % TILE_W
+    scratch_e = slot + offs_e0[:, None] * HALO_PAD  # (BLOCK_E, 1) row pointers of the scratch chunk
+    window = (qy * STRIDE) * HALO_W + qx * STRIDE  # (TILE,) halo index of tap (0, 0) of each output pixel
+    tiles_per_image = TILES_H * TILES_W
+    for work in range(pid, NUM_WORK, NUM_PROGRAMS):
+        tile = work // NUM_CO_BLOCKS
+        pid_co = work % NUM_CO_BLOCKS  # output-channel blocks of a tile adjacent (they share its halo)
+        b = tile // tiles_per_image
+        oh0 = ((tile % tiles_per_image) // TILES_W) * TILE_H
+        ow0 = (tile % TILES_W) * TILE_W
+        ih0 = oh0 * STRIDE - DILATION  # input position of halo pixel (0, 0)
+        iw0 = ow0 * STRIDE - DILATION
+        x_b = x_ptr + b.to(tl.int64) * stride_x_b
+        oh = oh0 + qy
+        ow = ow0 + qx
+        mask_p = (oh < H_OUT) & (ow < W_OUT)
+        offs_co = pid_co * BLOCK_CO + tl.arange(0, BLOCK_CO)
+        mask_co = offs_co < C_OUT
+
+        acc = tl.zeros((BLOCK_CO, TILE_H * TILE_W), dtype=tl.float32)
+        for e0 in range(0, E, BLOCK_E):
+            offs_e = e0 + offs_e0
+            mask_e = offs_e < E
+            b_exp = tl.load(b_expand_ptr + offs_e * stride_be, mask=mask_e, other=0.0).to(tl.float32)
+            # 1. Expand every halo pixel once, into the scratch chunk (BLOCK_E, HALO_PAD).
+            for hp0 in range(0, HALO_PAD, BLOCK_HP):
+                offs_hp = hp0 + offs_hp0
+                ih = ih0 + offs_hp // HALO_W
+                iw = iw0 + offs_hp % HALO_W
+                inside = (offs_hp < HALO) & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+                x_pix = x_b + (ih * stride_x_h + iw * stride_x_w)
+                h = _expand_silu(x_pix, inside, stride_x_c, C_IN, w_expand_ptr, stride_we_e, stride_we_k, b_exp,
+                                 offs_e, mask_e, BLOCK_K, DOT_PRECISION, DOT_FP32)  # fmt: skip
+                tl.store(scratch_e + offs_hp[None, :], h.to(scratch_ptr.dtype.element_ty))
+            tl.debug_barrier()  # the whole chunk is written before any thread reads its neighbours' pixels
+            # 2. Depthwise 3x3: nine shifted windows of the scratch chunk (L1/L2 hits).
+            dw = tl.zeros((BLOCK_E, TILE_H * TILE_W), dtype=tl.float32)
+            for t in range(9):  # tap t reads the window shifted by a scalar
+                shift = (t // 3) * DILATION * HALO_W + (t % 3) * DILATION
+                h = tl.load(scratch_e + (window + shift)[None, :]).to(tl.float32)  # padded e rows hold 0
+                w_tap = tl.load(w_dw_ptr + offs_e * stride_wd_e + t * stride_wd_t, mask=mask_e, other=0.0)
+                dw += h * w_tap.to(tl.float32)[:, None]
+            tl.debug_barrier()  # every read done before the next chunk (or work item) overwrites the scratch
+            # 3. Reduce 1x1 of this chunk into the accumulator.
+            acc = _reduce_step(acc, dw, offs_e, mask_e, b_dw_ptr, stride_bd, w_reduce_ptr, stride_wr_c,
+                               stride_wr_e, offs_co, mask_co, DOT_PRECISION, DOT_FP32)  # fmt: skip
+
+        x_center = x_b + (oh * stride_x_h + ow * stride_x_w)
+        out_pix = out_ptr + b.to(tl.int64) * stride_o_b + (oh * stride_o_h + ow * stride_o_w)
+        _store_output(acc, offs_co, mask_co, mask_p, b_reduce_ptr, stride_br, x_center, stride_x_c, out_pix,
+                      stride_o_c, RESIDUAL)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Launcher
 # ----------------------------------------------------------------------------------------------------------
+
+VARIANTS = ("recompute", "halo")
+
+
+def choose_variant(stride: int, variant: str | None = None) -> str:
+    """The kernel variant for a launch: ``variant`` when given, else the automatic rule.
+
+    PROVISIONAL automatic rule, to be decided by GPU measurements (``bench/gpu_check_kernels.py`` times both
+    variants at the width-1.0 shapes): "halo" at stride 1 (it executes ~1.4-1.9x the unfused expand FLOPs
+    where "recompute" executes 9x), "recompute" at stride 2 (2.25x there, and no scratch buffer).
+    """
+    if variant is None:
+        return "halo" if stride == 1 else "recompute"
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS} or None, got {variant!r}")
+    return variant
 
 
 def _block(n: int, cap: int) -> int:
@@ -186,9 +392,9 @@ def _block(n: int, cap: int) -> int:
     return max(16, min(triton.next_power_of_2(max(n, 1)), cap))
 
 
-def _check_tile(name: str, value: int) -> int:
-    if value < 16 or value & (value - 1):
-        raise ValueError(f"{name} must be a power of two >= 16 (tl.dot's minimum), got {value}")
+def _check_tile(name: str, value: int, minimum: int = 16) -> int:
+    if value < minimum or value & (value - 1):
+        raise ValueError(f"{name} must be a power of two >= {minimum} (tl.dot's minimum is 16), got {value}")
     return value
 
 
@@ -198,32 +404,78 @@ def launch_config(
     e: int,
     c_out: int,
     *,
+    variant: str = "recompute",
     block_p: int | None = None,
     block_k: int | None = None,
     block_e: int | None = None,
     block_co: int | None = None,
+    tile_h: int | None = None,
+    tile_w: int | None = None,
+    block_hp: int | None = None,
     num_warps: int | None = None,
     num_stages: int | None = None,
-) -> dict[str, int]:
-    """The tiles, warps and pipeline stages the launcher uses for these channel counts (any given value
-    overrides the heuristic). Exposed so that the sm_90 compile test checks exactly these configurations."""
-    block_p = _check_tile("block_p", block_p or 64)
+) -> dict[str, int | str]:
+    """The tiles, warps and pipeline stages the launcher uses for these channel counts and ``variant``
+    ("recompute" or "halo"; any given value overrides the heuristic). ``block_p`` belongs to "recompute",
+    ``tile_h``, ``tile_w`` and ``block_hp`` to "halo". Exposed so that the sm_90 compile test checks
+    exactly these configurations."""
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
     block_k = _check_tile("block_k", block_k or _block(c_in, 64))
     block_e = _check_tile("block_e", block_e or _block(e, 64))
     # Up to 256 output channels in one program (so the expand work is not repeated per channel block), but
     # 128 for float32, whose IEEE dots need more registers (256 spills there; see the module docstring).
     wide = c_out > 128 and dtype != torch.float32
     block_co = _check_tile("block_co", block_co or _block(c_out, 256 if wide else 128))
+    cfg: dict[str, int | str] = dict(variant=variant, block_k=block_k, block_e=block_e, block_co=block_co)
+    if variant == "recompute":
+        if tile_h or tile_w or block_hp:
+            raise ValueError("tile_h, tile_w and block_hp are settings of the 'halo' variant")
+        cfg["block_p"] = pixels = _check_tile("block_p", block_p or 64)
+    else:
+        if block_p:
+            raise ValueError("block_p is a setting of the 'recompute' variant (the halo one has tile_h, tile_w)")
+        # 8 x 16 output pixels (stride 1, dilation 1: a 10 x 18 halo, 1.41x, executed 192/128 = 1.5x in
+        # BLOCK_HP=32 steps); 8 x 8 (100 -> 128: 2x) for float32 or 256 output channels, whose 8 x 16
+        # tiles spill on sm_90 (see the module docstring).
+        cfg["tile_h"] = _check_tile("tile_h", tile_h or 8, minimum=1)
+        narrow = block_co > 128 or dtype == torch.float32
+        cfg["tile_w"] = _check_tile("tile_w", tile_w or (8 if narrow else 16), minimum=1)
+        pixels = _check_tile("tile_h * tile_w", cfg["tile_h"] * cfg["tile_w"])
+        cfg["block_hp"] = _check_tile("block_hp", block_hp or 32)
     if num_warps is None:
-        num_warps = 8 if max(block_co, block_e) * block_p >= 4096 else 4
-    return dict(
-        block_p=block_p,
-        block_k=block_k,
-        block_e=block_e,
-        block_co=block_co,
-        num_warps=num_warps,
-        num_stages=num_stages or 2,
-    )
+        num_warps = 8 if max(block_co, block_e) * pixels >= 4096 else 4
+    cfg["num_warps"] = num_warps
+    cfg["num_stages"] = num_stages or 2
+    return cfg
+
+
+def halo_geometry(cfg: dict, stride: int, dilation: int) -> dict[str, int]:
+    """Input halo of a (tile_h, tile_w) output tile: its rows, columns, pixels, and pixels rounded up to a
+    multiple of block_hp (the scratch row length); ``factor`` = expanded pixels executed per output pixel."""
+    halo_h = (cfg["tile_h"] - 1) * stride + 1 + 2 * dilation
+    halo_w = (cfg["tile_w"] - 1) * stride + 1 + 2 * dilation
+    halo = halo_h * halo_w
+    halo_pad = triton.cdiv(halo, cfg["block_hp"]) * cfg["block_hp"]
+    factor = halo_pad / (cfg["tile_h"] * cfg["tile_w"])
+    return dict(halo_h=halo_h, halo_w=halo_w, halo=halo, halo_pad=halo_pad, factor=factor)
+
+
+def halo_num_work(B: int, H_out: int, W_out: int, C_out: int, cfg: dict) -> int:
+    """Work items of the halo kernel: (image, output tile, output-channel block)."""
+    tiles = triton.cdiv(H_out, cfg["tile_h"]) * triton.cdiv(W_out, cfg["tile_w"])
+    return B * tiles * triton.cdiv(C_out, cfg["block_co"])
+
+
+def default_num_programs(device: torch.device, num_work: int) -> int:
+    """Programs of the (persistent) halo kernel, each with its scratch slot: PROVISIONAL two per SM on CUDA,
+    so that the scratch (2 x SMs x slot, ~13 MB fp32 on an H100 at the defaults) stays in L2; four on the
+    CPU (the interpreter runs programs one after another anyway)."""
+    if device.type == "cuda":
+        slots = 2 * torch.cuda.get_device_properties(device).multi_processor_count
+    else:
+        slots = 4
+    return max(1, min(num_work, slots))
 
 
 def _max_offset(t: torch.Tensor) -> int:
@@ -231,31 +483,25 @@ def _max_offset(t: torch.Tensor) -> int:
     return sum((size - 1) * abs(stride) for size, stride in zip(t.shape[1:], t.stride()[1:]))
 
 
-def kernel_arguments(x, w_expand, b_expand, w_dw, b_dw, w_reduce, b_reduce, out, stride, dilation, residual, cfg):
-    """(positional arguments, constexprs and launch options, grid) of one kernel launch, for tensors already
-    prepared by :func:`inverted_residual_forward` (1x1 weights in x's dtype, w_dw as (E, 9)). Separate so
-    that the sm_90 compile test specialises the kernel exactly as the JIT does for real arguments."""
+def _tensor_args(x, w_expand, b_expand, w_dw, b_dw, w_reduce, b_reduce, out) -> tuple:
+    """Strides and sizes both kernels take after their pointers, in their common order."""
     B, C_in, H, W = x.shape
-    E, C_out = w_expand.shape[0], w_reduce.shape[0]
-    H_out, W_out = out.shape[2], out.shape[3]
-    num_co_blocks = triton.cdiv(C_out, cfg["block_co"])
-    num_pixels = B * H_out * W_out
-    grid = (triton.cdiv(num_pixels, cfg["block_p"]) * num_co_blocks,)
-    args = (
-        x, w_expand, b_expand, w_dw, b_dw, w_reduce, b_reduce, out,
+    return (
         *x.stride(), *w_expand.stride(), b_expand.stride(0), *w_dw.stride(), b_dw.stride(0),
         *w_reduce.stride(), b_reduce.stride(0), *out.stride(),
-        C_in, E, C_out, H, W, H_out, W_out, num_pixels, num_co_blocks,
+        C_in, w_expand.shape[0], w_reduce.shape[0], H, W, out.shape[2], out.shape[3],
     )  # fmt: skip
+
+
+def _common_meta(x, stride, dilation, residual, cfg) -> dict:
     # Triton 3.8's interpreter multiplies bfloat16 dot operands as their raw uint16 bit patterns. Under the
     # interpreter, bfloat16 operands are therefore widened to float32 (exact), which gives the same result as
     # a bfloat16 tensor-core dot with float32 accumulation; compiled kernels use the bfloat16 dot.
     dot_fp32 = x.dtype == torch.bfloat16 and triton_interpreter_enabled()
-    meta = dict(
+    return dict(
         STRIDE=stride,
         DILATION=dilation,
         RESIDUAL=bool(residual),
-        BLOCK_P=cfg["block_p"],
         BLOCK_K=cfg["block_k"],
         BLOCK_E=cfg["block_e"],
         BLOCK_CO=cfg["block_co"],
@@ -264,7 +510,45 @@ def kernel_arguments(x, w_expand, b_expand, w_dw, b_dw, w_reduce, b_reduce, out,
         num_warps=cfg["num_warps"],
         num_stages=cfg["num_stages"],
     )
+
+
+def kernel_arguments(x, w_expand, b_expand, w_dw, b_dw, w_reduce, b_reduce, out, stride, dilation, residual, cfg):
+    """(positional arguments, constexprs and launch options, grid) of one "recompute" kernel launch, for
+    tensors already prepared by :func:`inverted_residual_forward` (1x1 weights in x's dtype, w_dw as (E, 9)).
+    Separate so that the sm_90 compile test specialises the kernel exactly as the JIT does for real
+    arguments."""
+    num_co_blocks = triton.cdiv(w_reduce.shape[0], cfg["block_co"])
+    num_pixels = x.shape[0] * out.shape[2] * out.shape[3]
+    grid = (triton.cdiv(num_pixels, cfg["block_p"]) * num_co_blocks,)
+    args = (
+        x, w_expand, b_expand, w_dw, b_dw, w_reduce, b_reduce, out,
+        *_tensor_args(x, w_expand, b_expand, w_dw, b_dw, w_reduce, b_reduce, out), num_pixels, num_co_blocks,
+    )  # fmt: skip
+    meta = _common_meta(x, stride, dilation, residual, cfg)
+    meta["BLOCK_P"] = cfg["block_p"]
     return args, meta, grid
+
+
+def halo_kernel_arguments(
+    x, w_expand, b_expand, w_dw, b_dw, w_reduce, b_reduce, out, scratch, stride, dilation, residual, cfg
+):
+    """As :func:`kernel_arguments`, for the "halo" kernel; ``scratch`` is (num_programs, block_e, halo_pad),
+    contiguous (see :func:`halo_geometry`), and its first dimension sets the grid."""
+    B, C_out, H_out, W_out = out.shape
+    geo = halo_geometry(cfg, stride, dilation)
+    num_programs = scratch.shape[0]
+    if tuple(scratch.shape) != (num_programs, cfg["block_e"], geo["halo_pad"]) or not scratch.is_contiguous():
+        raise ValueError(f"scratch must be contiguous ({num_programs}, {cfg['block_e']}, {geo['halo_pad']})")
+    args = (
+        x, w_expand, b_expand, w_dw, b_dw, w_reduce, b_reduce, out, scratch,
+        *_tensor_args(x, w_expand, b_expand, w_dw, b_dw, w_reduce, b_reduce, out),
+        triton.cdiv(H_out, cfg["tile_h"]), triton.cdiv(W_out, cfg["tile_w"]), triton.cdiv(C_out, cfg["block_co"]),
+        halo_num_work(B, H_out, W_out, C_out, cfg), num_programs,
+    )  # fmt: skip
+    meta = _common_meta(x, stride, dilation, residual, cfg)
+    meta.update(TILE_H=cfg["tile_h"], TILE_W=cfg["tile_w"], HALO_W=geo["halo_w"], HALO=geo["halo"],
+                HALO_PAD=geo["halo_pad"], BLOCK_HP=cfg["block_hp"])  # fmt: skip
+    return args, meta, (num_programs,)
 
 
 def inverted_residual_forward(
@@ -279,21 +563,32 @@ def inverted_residual_forward(
     dilation: int,
     residual: bool,
     *,
+    variant: str | None = None,
     out: torch.Tensor | None = None,
     block_p: int | None = None,
     block_k: int | None = None,
     block_e: int | None = None,
     block_co: int | None = None,
+    tile_h: int | None = None,
+    tile_w: int | None = None,
+    block_hp: int | None = None,
+    num_programs: int | None = None,
+    scratch_dtype: torch.dtype = torch.float32,
     num_warps: int | None = None,
     num_stages: int | None = None,
 ) -> torch.Tensor:
     """The fused block for x (B, C_in, H, W) -> (B, C_out, ceil(H/stride), ceil(W/stride)), x's dtype.
 
     Arguments as in :func:`mobilevitv2_kernels.reference.inverted_residual_forward` (already validated by
-    the op). ``out`` (optional) is a preallocated output of any strides; by default the output is
-    channels_last when ``x`` is, contiguous otherwise. ``block_*`` (powers of two >= 16), ``num_warps`` and
-    ``num_stages`` override the heuristics of :func:`launch_config` (for benchmarks and tests).
+    the op). ``variant``: "recompute", "halo" or None (the PROVISIONAL rule of :func:`choose_variant`: halo
+    at stride 1, recompute at stride 2; the registered op passes None). ``out`` (optional) is a
+    preallocated output of any strides; by default the output is channels_last when ``x`` is, contiguous
+    otherwise. ``block_*`` (powers of two >= 16), ``tile_h``/``tile_w`` (halo; powers of two, product >= 16),
+    ``num_programs`` (halo: programs of the persistent grid, one scratch slot each), ``scratch_dtype``
+    (halo: float32, or x's dtype to halve the scratch), ``num_warps`` and ``num_stages`` override the
+    heuristics of :func:`launch_config` (for benchmarks and tests).
     """
+    variant = choose_variant(stride, variant)
     B, C_in, H, W = x.shape
     E = w_expand.shape[0]
     C_out = w_reduce.shape[0]
@@ -307,8 +602,9 @@ def inverted_residual_forward(
             f"{tuple(out.shape)} on {out.device}"
         )
     cfg = launch_config(
-        x.dtype, C_in, E, C_out, block_p=block_p, block_k=block_k, block_e=block_e, block_co=block_co,
-        num_warps=num_warps, num_stages=num_stages,
+        x.dtype, C_in, E, C_out, variant=variant, block_p=block_p, block_k=block_k, block_e=block_e,
+        block_co=block_co, tile_h=tile_h, tile_w=tile_w, block_hp=block_hp, num_warps=num_warps,
+        num_stages=num_stages,
     )  # fmt: skip
     if out.numel() == 0:
         return out
@@ -320,7 +616,17 @@ def inverted_residual_forward(
     w_expand = w_expand.to(x.dtype).contiguous()
     w_reduce = w_reduce.to(x.dtype).contiguous()
     w_dw = w_dw.reshape(E, 9)  # a view for (E, 1, 3, 3) weights of the usual strides
-    args, meta, grid = kernel_arguments(x, w_expand, b_expand, w_dw, b_dw, w_reduce, b_reduce, out, stride,
-                                        dilation, residual, cfg)  # fmt: skip
-    _inverted_residual_fwd_kernel[grid](*args, **meta)
+    tensors = (x, w_expand, b_expand, w_dw, b_dw, w_reduce, b_reduce, out)
+    if variant == "recompute":
+        args, meta, grid = kernel_arguments(*tensors, stride, dilation, residual, cfg)
+        _inverted_residual_fwd_kernel[grid](*args, **meta)
+        return out
+    num_work = halo_num_work(B, H_out, W_out, C_out, cfg)
+    num_programs = min(num_programs or default_num_programs(x.device, num_work), num_work)
+    scratch = torch.empty(
+        (num_programs, cfg["block_e"], halo_geometry(cfg, stride, dilation)["halo_pad"]),
+        dtype=scratch_dtype, device=x.device,
+    )  # fmt: skip
+    args, meta, grid = halo_kernel_arguments(*tensors, scratch, stride, dilation, residual, cfg)
+    _inverted_residual_halo_fwd_kernel[grid](*args, **meta)
     return out
