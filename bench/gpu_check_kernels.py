@@ -19,9 +19,13 @@ Steps:
 4. The fused inverted residual (``mobilevitv2::inverted_residual``, Triton) at five width-1.0 block shapes
    (B=256, fp16, 256x256 input): the fused op (BatchNorm folded beforehand), the module with
    ``conv_backend="triton"`` (folding at every call), the eager module sequence (conv + BN + SiLU x3) and
-   ``torch.compile`` of it; bytes as a fraction of a copy of x + y, FLOP rates (useful and with the 9x /
-   2.25x expand recompute), the error against the fp32 module next to the eager fp16 module's own error,
-   and with ``--ir-sweep`` a tile sweep (about 40 more kernel compilations). ``--only-ir`` runs just this
+   ``torch.compile`` of it, and both kernel variants directly ("recompute": the expand 1x1 once per
+   (output pixel, tap); "halo": once per pixel of each tile's input halo, through an L2 scratch buffer) so
+   that one run decides the launcher's provisional auto rule (halo at stride 1, recompute at stride 2);
+   bytes as a fraction of a copy of x + y, FLOP rates (useful and executed: 9 expands per output pixel for
+   recompute, the padded halo per tile for halo), the error against the fp32 module next to the eager fp16
+   module's own error, and with ``--ir-sweep`` a tile sweep of both variants (about 100 more kernel
+   compilations). ``--only-ir`` runs just this
    step; ``--no-ir`` skips it.
 
 Results go to a JSON file (device, torch/triton versions, git commit, tests summary, every timing), default
@@ -335,7 +339,7 @@ IR_SHAPES = [
     ("layer.2 down", 128, 256, 256, 64, 64, 2),
     ("layer.4 down", 384, 768, 512, 16, 16, 2),
 ]
-IR_SWEEP = [  # launcher overrides tried per shape (the default heuristic is timed as "default")
+IR_SWEEP = [  # launcher overrides of the recompute variant tried per shape (defaults timed as "default")
     dict(block_e=32, num_warps=4),
     dict(block_e=32, num_warps=8),
     dict(block_p=128, num_warps=8),
@@ -343,6 +347,17 @@ IR_SWEEP = [  # launcher overrides tried per shape (the default heuristic is tim
     dict(block_co=64),
     dict(num_stages=1),
     dict(num_stages=3),
+]
+IR_HALO_SWEEP = [  # launcher overrides of the halo variant (tile, halo step, persistent grid, scratch dtype)
+    dict(tile_w=8),
+    dict(tile_w=16),
+    dict(tile_h=16, tile_w=8, block_co=64),
+    dict(block_hp=64),
+    dict(block_e=32),
+    dict(num_stages=1),
+    dict(num_programs_per_sm=1),
+    dict(num_programs_per_sm=4),
+    dict(scratch_dtype="x"),
 ]
 
 
@@ -354,6 +369,7 @@ def inverted_residual_section(bench, copy_ms, device, smoke: bool, tile_sweep: b
     from mobilevitv2 import MobileViTV2Config
     from mobilevitv2.layers import MobileViTV2InvertedResidual
     from mobilevitv2_kernels import triton_kernels as tk
+    from mobilevitv2_kernels.triton_kernels import inverted_residual as tk_ir
 
     batch, dtype = (2, torch.float16) if smoke else (256, torch.float16)
     shapes = [("smoke", 8, 16, 8, 9, 7, 1)] if smoke else IR_SHAPES
@@ -390,6 +406,7 @@ def inverted_residual_section(bench, copy_ms, device, smoke: bool, tile_sweep: b
                     return fn()
             return call
 
+        folded = [w.to(dtype).contiguous() if i in (0, 4) else w for i, w in enumerate(weights)]
         providers = {
             "eager module (conv+BN+SiLU x3)": no_grad(lambda: module(x)),
             "eager module compiled": no_grad(lambda: compiled(x)),
@@ -397,24 +414,39 @@ def inverted_residual_section(bench, copy_ms, device, smoke: bool, tile_sweep: b
                 x, *weights, stride=stride, residual=module.use_residual, backend="triton")),
             "fused module (folds per call)": no_grad(lambda: fused_module(x)),
         }
+        # Both kernel variants, directly through the launcher (the op above uses the provisional auto rule).
+        for variant in tk_ir.VARIANTS:
+            providers[f"kernel {variant}"] = no_grad(lambda variant=variant: tk.inverted_residual_forward(
+                x, *folded, stride, 1, module.use_residual, variant=variant))
         H_out, W_out = -(-H // stride), -(-W // stride)
         io_bytes = (x.numel() + batch * c_out * H_out * W_out) * x.element_size()
         useful_flops = 2 * batch * (H * W * c_in * e + H_out * W_out * (9 * e + e * c_out))
-        executed_flops = 2 * batch * H_out * W_out * (9 * c_in * e + 9 * e + e * c_out)
+        # expand FLOPs executed per output pixel: 9 (one per tap) for recompute, the padded halo for halo
+        halo_cfg = tk_ir.launch_config(dtype, c_in, e, c_out, variant="halo")
+        expand_per_output = {"recompute": 9, "halo": tk_ir.halo_geometry(halo_cfg, stride, 1)["factor"]}
+        auto_variant = tk_ir.choose_variant(stride)
+        executed = {v: 2 * batch * H_out * W_out * (f * c_in * e + 9 * e + e * c_out)
+                    for v, f in expand_per_output.items()}
+        executed_flops_of = {"fused op (triton, BN pre-folded)": executed[auto_variant],
+                             "fused module (folds per call)": executed[auto_variant],
+                             "kernel recompute": executed["recompute"], "kernel halo": executed["halo"]}
         copy = copy_ms(io_bytes)
         errs = {}
-        for label in ("eager module (conv+BN+SiLU x3)", "fused op (triton, BN pre-folded)"):
+        for label in ("eager module (conv+BN+SiLU x3)", "fused op (triton, BN pre-folded)", "kernel recompute",
+                      "kernel halo"):
             try:
                 errs[label] = (providers[label]().float() - expected).abs().max().item()
             except Exception as exc:  # keep going: GPU time is short, report everything at the end
                 errors.append(f"inverted residual {name} {label}: {exc!r}")
         scale = expected.abs().max().item()
+        for label in ("fused op (triton, BN pre-folded)", "kernel recompute", "kernel halo"):
+            err, eager_err = errs.get(label), errs.get("eager module (conv+BN+SiLU x3)")
+            if err is not None and eager_err is not None and err > 2 * eager_err + 1e-3:
+                errors.append(f"inverted residual {name}: {label} error {err:.3g} > 2x eager fp16 error "
+                              f"{eager_err:.3g}")
         print(f"  {name}: ({batch},{c_in},{H},{W}) -> ({batch},{c_out},{H_out},{W_out}), E={e}, stride {stride}; "
               f"x+y {io_bytes / 1e6:.0f} MB (copy {copy:.4f} ms); max|y| {scale:.2f}; max err vs fp32: "
               + ", ".join(f"{k.split(' (')[0]} {v:.2e}" for k, v in errs.items()), flush=True)
-        fused_err, eager_err = errs.get("fused op (triton, BN pre-folded)"), errs.get("eager module (conv+BN+SiLU x3)")
-        if fused_err is not None and eager_err is not None and fused_err > 2 * eager_err + 1e-3:
-            errors.append(f"inverted residual {name}: fused error {fused_err:.3g} > 2x eager fp16 error {eager_err:.3g}")
         times = {}
         for label, fn in providers.items():
             try:
@@ -423,6 +455,7 @@ def inverted_residual_section(bench, copy_ms, device, smoke: bool, tile_sweep: b
                 print(f"    {label:34s} FAILED {type(exc).__name__}: {exc}", flush=True)
                 errors.append(f"timing inverted residual {name} {label}: {exc!r}")
                 continue
+            executed_flops = executed_flops_of.get(label, useful_flops)
             rows.append({
                 "block": name, "shape": [batch, c_in, e, c_out, H, W, stride], "provider": label, "ms": t,
                 "copy_fraction": copy / t, "useful_tflops": useful_flops / t / 1e9,
@@ -436,19 +469,32 @@ def inverted_residual_section(bench, copy_ms, device, smoke: bool, tile_sweep: b
         if base and fused:
             print(f"    fused op vs compiled module: {base / fused:.2f}x; vs eager module: "
                   f"{times.get('eager module (conv+BN+SiLU x3)', float('nan')) / fused:.2f}x", flush=True)
+        t_rec, t_halo = times.get("kernel recompute"), times.get("kernel halo")
+        if t_rec and t_halo:
+            print(f"    halo vs recompute: {t_rec / t_halo:.2f}x (auto picks {auto_variant}; halo expands "
+                  f"{expand_per_output['halo']:.2f} pixels per output pixel, recompute 9)", flush=True)
         if tile_sweep:
-            folded = [w.to(dtype).contiguous() if i in (0, 4) else w for i, w in enumerate(weights)]
-            for cfg in [{}] + IR_SWEEP:
+            sms = torch.cuda.get_device_properties(0).multi_processor_count if device == "cuda" else 1
+            configs = [dict(variant="recompute", **c) for c in [{}] + IR_SWEEP]
+            configs += [dict(variant="halo", **c) for c in [{}] + IR_HALO_SWEEP]
+            for cfg in configs:
+                kwargs = dict(cfg)
+                if "num_programs_per_sm" in kwargs:
+                    kwargs["num_programs"] = kwargs.pop("num_programs_per_sm") * sms
+                if kwargs.get("scratch_dtype") == "x":
+                    kwargs["scratch_dtype"] = dtype
                 try:
                     t = bench(lambda: tk.inverted_residual_forward(
-                        x, *folded, stride, 1, module.use_residual, **cfg), rep=50)
+                        x, *folded, stride, 1, module.use_residual, **kwargs), rep=50)
                 except Exception as exc:  # a configuration that does not compile is reported, not fatal
                     print(f"    sweep {cfg}: failed: {type(exc).__name__}: {str(exc)[:200]}")
                     continue
-                sweep_rows.append({"block": name, "config": cfg or "default", "ms": t, "copy_fraction": copy / t})
-            best = min((r for r in sweep_rows if r["block"] == name), key=lambda r: r["ms"], default=None)
-            if best:
-                print(f"    sweep best: {best['config']} {best['ms']:.4f} ms", flush=True)
+                sweep_rows.append({"block": name, "config": cfg, "ms": t, "copy_fraction": copy / t})
+            for variant in tk_ir.VARIANTS:
+                best = min((r for r in sweep_rows if r["block"] == name and r["config"]["variant"] == variant),
+                           key=lambda r: r["ms"], default=None)
+                if best:
+                    print(f"    sweep best {variant}: {best['config']} {best['ms']:.4f} ms", flush=True)
     return {"batch": batch, "dtype": "fp16", "rows": rows, "sweep": sweep_rows, "errors": errors}
 
 if __name__ == "__main__":
