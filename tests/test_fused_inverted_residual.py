@@ -11,10 +11,6 @@ tiny: the interpreter runs on 2 CPU cores in CI.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -24,6 +20,7 @@ import mobilevitv2_kernels as mk
 from mobilevitv2 import MobileViTV2Config, MobileViTV2ForImageClassification, MobileViTV2ForSemanticSegmentation
 from mobilevitv2.layers import MobileViTV2InvertedResidual
 from mobilevitv2_kernels import backends, reference
+from sm90_compile import run_compile_script
 from model_utils import assert_close_fp32, assert_nontrivial, max_abs_diff, randomize_
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -662,19 +659,8 @@ def test_kernel_compiles_for_sm90():
     Compile the kernel for sm_90 (H100/H200) with the launcher's own configurations, which needs no GPU,
     and (where Triton ships cuobjdump) check that ptxas spilled no registers. Runs in a subprocess because
     this process runs Triton in interpreter mode."""
-    if torch.cuda.is_available():
-        pytest.skip("on a GPU the other tests compile and run the kernel for real")
-    pytest.importorskip("triton.backends.nvidia")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    root = Path(__file__).resolve().parent.parent
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
-    proc = subprocess.run(
-        [sys.executable, "-c", _COMPILE_FOR_HOPPER], env=env, capture_output=True, text=True, timeout=600
-    )
-    if proc.returncode == 0 and proc.stdout.startswith("SKIP"):
-        pytest.skip(proc.stdout.strip())
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    assert proc.stdout.count("compiled") == 15, proc.stdout
+    stdout = run_compile_script(_COMPILE_FOR_HOPPER)
+    assert stdout.count("compiled") == 15, stdout
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -8,16 +8,13 @@ cannot pass. Shapes are small: the interpreter runs on 2 CPU cores in CI.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 import mobilevitv2_kernels as mk
 from mobilevitv2_kernels import backends, reference
+from sm90_compile import run_compile_script
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
@@ -427,7 +424,6 @@ def test_patching_empty(device):
 
 
 _COMPILE_FOR_HOPPER = r"""
-import sys
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
@@ -467,19 +463,8 @@ def test_kernels_compile_for_sm90():
     """The interpreter accepts constructs that the compiler rejects. Compile every kernel (each code path:
     N in one block or in several, fused or split backward) to a cubin for sm_90 (H100/H200), which needs no
     GPU, so CI catches that. Runs in a subprocess because this process runs Triton in interpreter mode."""
-    if torch.cuda.is_available():
-        pytest.skip("on a GPU the other tests compile and run the kernels for real")
-    pytest.importorskip("triton.backends.nvidia")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    root = Path(__file__).resolve().parent.parent
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
-    proc = subprocess.run(
-        [sys.executable, "-c", _COMPILE_FOR_HOPPER], env=env, capture_output=True, text=True, timeout=600
-    )
-    if proc.returncode == 0 and proc.stdout.startswith("SKIP"):
-        pytest.skip(proc.stdout.strip())
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    assert proc.stdout.count("compiled") == 9, proc.stdout
+    stdout = run_compile_script(_COMPILE_FOR_HOPPER)
+    assert stdout.count("compiled") == 9, stdout
 
 
 def test_no_hidden_copies(device):
