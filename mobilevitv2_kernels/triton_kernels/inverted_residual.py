@@ -29,16 +29,17 @@ per-pixel index vectors cost a register or two per thread. Each program loops ov
 
 Recompute: the expand 1x1 runs once per (output pixel, tap), i.e. 9 times per output pixel instead of once
 per input pixel: 9x the expand FLOPs of the unfused block at stride 1 and 9/4 = 2.25x at stride 2, times the
-number of output-channel blocks (1 whenever C_out <= BLOCK_CO: up to 256 channels by default, 128 for
-float32). The depthwise conv and the reduce 1x1 run once. From DRAM, x is read once (the nine shifted
+number of output-channel blocks (1 whenever C_out <= BLOCK_CO: 256 by default for 128 < C_out <= 256,
+else 128). The depthwise conv and the reduce 1x1 run once. From DRAM, x is read once (the nine shifted
 reads of a tile hit L1/L2) and y written once; the E-channel activations never leave the chip. Whether the
 extra expand FLOPs cost less than the two E-channel round trips they save is what
 ``bench/gpu_check_kernels.py`` measures.
 
 Registers, from ptxas for sm_90 with the JIT's specialisation of the width-1.0 shapes (checked by
-tests/test_fused_inverted_residual.py::test_kernel_compiles_for_sm90): at the defaults BLOCK_P=64,
-BLOCK_K<=64, BLOCK_E<=64, 8 warps, fp16 uses 125-191 registers per thread with BLOCK_CO<=128 and 232-248
-with BLOCK_CO=256, no spills; float32 (IEEE dots) 191 at BLOCK_CO=128 but spills at 256, hence its cap. The accumulator (BLOCK_CO x BLOCK_P fp32) lives through the whole E loop, dw through the tap loop;
+tests/test_fused_inverted_residual.py::test_kernel_compiles_for_sm90, with Triton 3.8 in CI and 3.6, the
+GPU image's, by .ci/run): at the defaults BLOCK_P=64, BLOCK_K<=64, BLOCK_E<=64, 8 warps, fp16 uses
+125-242 registers per thread, no spills. Triton 3.6 spills where 3.8 does not for BLOCK_CO=256 with
+C_out=512 (hence 128 beyond 256 output channels) and for float32 at BLOCK_E 32 or 64 (IEEE dots; hence 16). The accumulator (BLOCK_CO x BLOCK_P fp32) lives through the whole E loop, dw through the tap loop;
 the w_reduce tile (BLOCK_CO x BLOCK_E) is the largest transient. Weight tiles are loaded in x's dtype with
 unit inner stride (the launcher makes them so; float32 weight tiles feeding an fp16 dot spill). 4 warps
 at these tiles spill too; BLOCK_E=32 with 4 warps fits (231). The tile sweep of the GPU script picks among
@@ -62,11 +63,11 @@ and BLOCK_CO 256, where 8 x 16 spills); 5.0 at stride 2 with 8 x 8 (17 x 17 -> 3
 block's expand there against recompute's 2.25x. The expand is repeated per output-channel block: once
 whenever C_out <= BLOCK_CO (every stride-1 block of the model at width 1.0 up to OS 16; the OS-8 dilated
 blocks with C_out 384/512 take it 2x). The scratch is small enough to stay in L2: 64 x 192 x 4 = 48 KiB per
-slot at the defaults, 2 x 132 slots = 12.4 MiB on an H100 SXM; its chunk is written and read back by the
-same program (L1/L2 traffic, no DRAM round trip in steady state). Registers from ptxas for sm_90 at the
-defaults (test_kernel_compiles_for_sm90): 175 (layer.0), 255 without spills elsewhere (16-bit), 192-196
-float32; 8 x 16 tiles spill for float32 and for BLOCK_CO=256, BLOCK_HP=64 or 128 tiles of 8 x 8 at 255
-are spill-free but no better. Whether halo beats recompute (and cuDNN + torch.compile) is unmeasured.
+slot for float32 (BLOCK_E 64), 2 x 132 slots = 12.4 MiB on an H100 SXM, half that for 16-bit inputs,
+whose default BLOCK_E is 32 (64 spills with Triton 3.6); its chunk is written and read back by the same
+program (L1/L2 traffic, no DRAM round trip in steady state). Registers from ptxas for sm_90 at the defaults
+(test_kernel_compiles_for_sm90): 219-255 without spills (16-bit), 191-224 float32; 8 x 16 tiles spill for
+float32 and for BLOCK_CO=256. Whether halo beats recompute (and cuDNN + torch.compile) is unmeasured.
 
 Dot precision: float16/bfloat16 inputs use the tensor cores natively (wgmma on sm_90); a float32 input uses
 IEEE fp32 dots (no TF32), so float32 results match the eager model to 1e-5. All tile sizes are >= 16
@@ -422,10 +423,18 @@ def launch_config(
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
     block_k = _check_tile("block_k", block_k or _block(c_in, 64))
-    block_e = _check_tile("block_e", block_e or _block(e, 64))
+    # Expanded channels per chunk: 64, but 16 for float32 "recompute" and 32 for 16-bit "halo", where 64
+    # spills on sm_90 with Triton 3.6 (the GPU image's) or 3.8 (these compile clean with both).
+    if dtype == torch.float32:
+        e_cap = 16 if variant == "recompute" else 64
+    else:
+        e_cap = 64 if variant == "recompute" else 32
+    block_e = _check_tile("block_e", block_e or _block(e, e_cap))
     # Up to 256 output channels in one program (so the expand work is not repeated per channel block), but
-    # 128 for float32, whose IEEE dots need more registers (256 spills there; see the module docstring).
-    wide = c_out > 128 and dtype != torch.float32
+    # 128 for float32, whose IEEE dots need more registers (256 spills there; see the module docstring), and
+    # 128 beyond 256 output channels, which take several blocks anyway: Triton 3.6 (the GPU image's) spills
+    # at 256 for layer.4's 384 -> 768 -> 512 block where 3.8 does not.
+    wide = 128 < c_out <= 256 and dtype != torch.float32
     block_co = _check_tile("block_co", block_co or _block(c_out, 256 if wide else 128))
     cfg: dict[str, int | str] = dict(variant=variant, block_k=block_k, block_e=block_e, block_co=block_co)
     if variant == "recompute":
