@@ -18,7 +18,7 @@ Steps:
 3. A small sweep over tile sizes of the Triton launchers, to confirm or revise their default heuristics.
 4. The fused inverted residual (``mobilevitv2::inverted_residual``, Triton) at five width-1.0 block shapes
    (B=256, fp16, 256x256 input): the fused op (BatchNorm folded beforehand), the module with
-   ``conv_backend="triton"`` (folding at every call), the eager module sequence (conv + BN + SiLU x3) and
+   ``fused_backend="triton"`` (folding at every call), the eager module sequence (conv + BN + SiLU x3) and
    ``torch.compile`` of it, and both kernel variants directly ("recompute": the expand 1x1 once per
    (output pixel, tap); "halo": once per pixel of each tile's input halo, through an L2 scratch buffer) so
    that one run decides the launcher's provisional auto rule (halo at stride 1, recompute at stride 2);
@@ -397,7 +397,7 @@ def inverted_residual_section(bench, copy_ms, device, smoke: bool, tile_sweep: b
         fused_module = MobileViTV2InvertedResidual(MobileViTV2Config(), c_in, c_out, stride=stride)
         fused_module.load_state_dict(module.state_dict())
         fused_module = fused_module.to(device=device, dtype=dtype).eval()
-        fused_module.conv_backend = "triton"
+        fused_module.fused_backend = "triton"
         compiled = torch.compile(module, dynamic=False)
 
         def no_grad(fn):

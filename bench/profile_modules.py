@@ -5,7 +5,7 @@
     python bench/profile_modules.py --batch 2 --dtype fp32 --device cpu       # anywhere
 
 Parts: inverted-residual blocks (stem and stages 1-2, and the down-sampling blocks of stages 3-5), the
-transformer's attention, FFN and GroupNorms, the blocks' local convs and projections, and "the rest"
+transformer's attention, FFN and GroupNorms (or whole transformer layers where they run as the fused op), the blocks' local convs and projections, and "the rest"
 (whole forward minus the parts: unfold/fold, pooling, classifier, launch gaps). Hooks add a little
 overhead per module call; compare parts, not totals, against un-hooked timings.
 """
@@ -28,6 +28,8 @@ def part_of(name: str, module: nn.Module) -> str | None:
     kind = type(module).__name__
     if kind == "MobileViTV2InvertedResidual" or name.endswith("conv_stem"):
         return "inverted residual blocks + stem"
+    if kind == "MobileViTV2TransformerLayer":  # as a whole only where it runs fused (its parts never run then)
+        return "transformer layers (fused op)" if getattr(module, "fused_backend", None) else None
     if kind == "MobileViTV2LinearSelfAttention":
         return "attention"
     if kind == "MobileViTV2FFN":
@@ -116,9 +118,13 @@ def main() -> int:
 
     config = MobileViTV2Config.from_width(args.width, num_labels=1000)
     models = {}
-    for impl in ("eager", "auto") if device.type == "cuda" else ("eager",):
+    variants = {"ours eager": ("eager", "eager")}
+    if device.type == "cuda":
+        variants.update({"ours fused": ("auto", "eager"), "ours fused all": ("auto", "auto")})
+    for name, (attn, inference_fusions) in variants.items():
         m = MobileViTV2ForImageClassification(MobileViTV2Config.from_width(args.width, num_labels=1000))
-        models[f"ours {impl}"] = m.set_attn_implementation(impl, check=False)
+        m.set_attn_implementation(attn, check=False).set_conv_implementation(inference_fusions, check=False)
+        models[name] = m.set_transformer_implementation(inference_fusions, check=False)
     try:
         import transformers
 

@@ -13,7 +13,7 @@ from torch import nn
 
 import mobilevitv2_kernels
 from mobilevitv2.config import MobileViTV2Config
-from mobilevitv2.layers import MobileViTV2ConvLayer, MobileViTV2InvertedResidual
+from mobilevitv2.layers import MobileViTV2ConvLayer, MobileViTV2InvertedResidual, fused_inference_applies
 from mobilevitv2_kernels import reference
 
 EAGER = "eager"
@@ -63,7 +63,15 @@ class MobileViTV2FFN(nn.Module):
 
 
 class MobileViTV2TransformerLayer(nn.Module):
-    """Pre-norm: h = x + attn(GN(x)); out = h + ffn(GN(h)). GN is a one-group GroupNorm over (d, P, N)."""
+    """Pre-norm: h = x + attn(GN(x)); out = h + ffn(GN(h)). GN is a one-group GroupNorm over (d, P, N).
+
+    ``fused_backend`` (set by the model's ``set_transformer_implementation``; None = eager) names the backend
+    of the fused inference op ``mobilevitv2::transformer_layer``: "triton", or "auto" (CUDA inputs only).
+    It is taken only where it computes the same function as the modules: eval mode (dropout off), no
+    gradient needed, GroupNorms with affine parameters and a SiLU FFN. Otherwise the modules run.
+    """
+
+    fused_backend: str | None = None
 
     def __init__(self, config: MobileViTV2Config, embed_dim: int, ffn_dim: int) -> None:
         super().__init__()
@@ -72,7 +80,37 @@ class MobileViTV2TransformerLayer(nn.Module):
         self.layernorm_after = nn.GroupNorm(1, embed_dim, eps=config.layer_norm_eps)
         self.ffn = MobileViTV2FFN(config, embed_dim, ffn_dim)
 
+    def _fused_applies(self, x: torch.Tensor) -> bool:
+        if not fused_inference_applies(self, x):
+            return False
+        norms = (self.layernorm_before, self.layernorm_after)
+        if any(norm.weight is None or norm.eps != self.layernorm_before.eps for norm in norms):
+            return False
+        return isinstance(self.ffn.conv1.activation, nn.SiLU)
+
+    def _forward_fused(self, x: torch.Tensor) -> torch.Tensor:
+        attention, ffn = self.attention, self.ffn
+        return mobilevitv2_kernels.transformer_layer(
+            x,
+            self.layernorm_before.weight,
+            self.layernorm_before.bias,
+            attention.qkv_proj.convolution.weight.flatten(1),
+            attention.qkv_proj.convolution.bias,
+            attention.out_proj.convolution.weight.flatten(1),
+            attention.out_proj.convolution.bias,
+            self.layernorm_after.weight,
+            self.layernorm_after.bias,
+            ffn.conv1.convolution.weight.flatten(1),
+            ffn.conv1.convolution.bias,
+            ffn.conv2.convolution.weight.flatten(1),
+            ffn.conv2.convolution.bias,
+            eps=self.layernorm_before.eps,
+            backend=self.fused_backend,
+        )
+
     def forward(self, x: torch.Tensor, backend: str = EAGER) -> torch.Tensor:
+        if self._fused_applies(x):
+            return self._forward_fused(x)  # (B, d, P, N)
         x = self.attention(self.layernorm_before(x), backend) + x
         return self.ffn(self.layernorm_after(x)) + x
 

@@ -2,7 +2,7 @@
 
 Field names and defaults are those of transformers' ``MobileViTV2Config`` (model_type ``"mobilevitv2"``),
 so a transformers ``config.json`` reads into this class and the file it writes reads back into
-transformers. Three fields are this package's own:
+transformers. These fields are this package's own:
 
 * ``non_divisible_patching``: what a MobileViTV2 block does when its feature map is not a multiple of the
   2x2 patch (a 224x224 input gives a 7x7 stage-5 map). ``"zero_fill"`` (default) reproduces transformers:
@@ -19,6 +19,11 @@ transformers. Three fields are this package's own:
   op, BatchNorm folded into the convs) or ``"auto"`` (the fused op on CUDA inputs, eager elsewhere). The
   fused op is inference-only: in training mode, or whenever a gradient is needed, the blocks run eagerly.
   A runtime choice like ``attn_implementation``, not written to ``config.json``.
+* ``transformer_implementation``: how the MobileViTV2 blocks' transformer layers run at inference:
+  ``"eager"`` (default: the GroupNorm, attention and FFN modules, the attention as ``attn_implementation``
+  says), ``"triton"`` (the fused ``mobilevitv2::transformer_layer`` op: one op per layer, the keys never
+  formed) or ``"auto"`` (the fused op on CUDA inputs, eager elsewhere). Inference-only like
+  ``conv_implementation``, and a runtime choice, not written to ``config.json``.
 """
 
 from __future__ import annotations
@@ -34,7 +39,10 @@ CONFIG_NAME = "config.json"
 MODEL_TYPE = "mobilevitv2"
 WIDTH_PRESETS = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0)
 ATTN_IMPLEMENTATIONS = ("auto", "eager", "triton", "cuda")
-CONV_IMPLEMENTATIONS = ("eager", "triton", "auto")
+# The inference-only fusions (conv_implementation, transformer_implementation) take these values.
+FUSED_IMPLEMENTATIONS = ("eager", "triton", "auto")
+CONV_IMPLEMENTATIONS = TRANSFORMER_IMPLEMENTATIONS = FUSED_IMPLEMENTATIONS
+RUNTIME_OPTIONS = ("attn_implementation", "conv_implementation", "transformer_implementation")
 NON_DIVISIBLE_PATCHING = ("zero_fill", "resize")
 # Keys of a transformers config that describe the file rather than the model; accepted and dropped.
 _IGNORED_KEYS = {
@@ -100,6 +108,7 @@ class MobileViTV2Config:
     dilate_local_conv: bool = False
     attn_implementation: str = "auto"
     conv_implementation: str = "eager"
+    transformer_implementation: str = "eager"
     # Unknown keys read from a config.json, kept so that saving writes them back.
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -140,10 +149,9 @@ class MobileViTV2Config:
             raise ValueError(
                 f"attn_implementation must be one of {ATTN_IMPLEMENTATIONS}, got {self.attn_implementation!r}"
             )
-        if self.conv_implementation not in CONV_IMPLEMENTATIONS:
-            raise ValueError(
-                f"conv_implementation must be one of {CONV_IMPLEMENTATIONS}, got {self.conv_implementation!r}"
-            )
+        for option in ("conv_implementation", "transformer_implementation"):
+            if getattr(self, option) not in FUSED_IMPLEMENTATIONS:
+                raise ValueError(f"{option} must be one of {FUSED_IMPLEMENTATIONS}, got {getattr(self, option)!r}")
 
     # ----- derived widths (spec section 1.3) -------------------------------------------------------------
     @property
@@ -194,10 +202,10 @@ class MobileViTV2Config:
 
     def to_dict(self) -> dict[str, Any]:
         """A transformers-compatible dict (``id2label`` keys as strings; the runtime choices
-        ``attn_implementation`` and ``conv_implementation`` omitted)."""
+        :data:`RUNTIME_OPTIONS` omitted)."""
         data = {f.name: copy.deepcopy(getattr(self, f.name)) for f in dataclasses.fields(self)}
-        data.pop("attn_implementation")
-        data.pop("conv_implementation")
+        for option in RUNTIME_OPTIONS:
+            data.pop(option)
         extra = data.pop("extra")
         data["id2label"] = {str(k): v for k, v in self.id2label.items()}
         data["model_type"] = MODEL_TYPE

@@ -72,17 +72,27 @@ class MobileViTV2ConvLayer(nn.Module):
         return x
 
 
+def fused_inference_applies(module: nn.Module, x: torch.Tensor) -> bool:
+    """Whether ``module`` (with a ``fused_backend`` attribute: None, "triton" or "auto") may run its
+    inference-only fused op on ``x``: a backend is set ("auto" only for CUDA inputs), eval mode, and no
+    gradient needed (the fused ops have no derivative)."""
+    backend = module.fused_backend
+    if backend is None or module.training or (backend == "auto" and x.device.type != "cuda"):
+        return False
+    return not (torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in module.parameters())))
+
+
 class MobileViTV2InvertedResidual(nn.Module):
     """MobileNetV2 block: 1x1 expand + act, depthwise 3x3 + act, 1x1 reduce; residual when shapes allow.
 
-    ``conv_backend`` (set by the model's ``set_conv_implementation``; None = eager) names the backend of the
+    ``fused_backend`` (set by the model's ``set_conv_implementation``; None = eager) names the backend of the
     fused inference op: "triton", or "auto" (used for CUDA inputs only). The fused path is taken only when
     it computes the same function as the modules: eval mode (BatchNorm on its running statistics, folded
     from the current parameters at every call, so later weight changes are never stale), no gradient
     needed, SiLU activations. Otherwise, and in training, the eager modules run, so training is unchanged.
     """
 
-    conv_backend: str | None = None
+    fused_backend: str | None = None
 
     def __init__(
         self, config: MobileViTV2Config, in_channels: int, out_channels: int, stride: int, dilation: int = 1
@@ -97,12 +107,8 @@ class MobileViTV2InvertedResidual(nn.Module):
         self.reduce_1x1 = MobileViTV2ConvLayer(config, hidden, out_channels, kernel_size=1, use_activation=False)
 
     def _fused_applies(self, x: torch.Tensor) -> bool:
-        if self.conv_backend is None or self.training:
+        if not fused_inference_applies(self, x):
             return False
-        if self.conv_backend == "auto" and x.device.type != "cuda":
-            return False
-        if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters())):
-            return False  # the fused op has no derivative
         layers = (self.expand_1x1, self.conv_3x3, self.reduce_1x1)
         if any(layer.normalization is None or layer.normalization.running_mean is None for layer in layers):
             return False
@@ -125,7 +131,7 @@ class MobileViTV2InvertedResidual(nn.Module):
             stride=conv.stride[0],
             dilation=conv.dilation[0],
             residual=self.use_residual,
-            backend=self.conv_backend,
+            backend=self.fused_backend,
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -3,8 +3,9 @@
 Same module tree, state-dict keys, outputs and losses as transformers' ``modeling_mobilevitv2``; the
 blocks' patching and attention run in reference PyTorch or through the fused kernels, as chosen by
 ``attn_implementation`` (see :meth:`MobileViTV2PreTrainedModel.set_attn_implementation`); the inverted
-residuals run eagerly or, at inference, through the fused op, as chosen by ``conv_implementation``
-(:meth:`MobileViTV2PreTrainedModel.set_conv_implementation`).
+residuals and the transformer layers run eagerly or, at inference, through fused ops, as chosen by
+``conv_implementation`` and ``transformer_implementation`` (:meth:`MobileViTV2PreTrainedModel.set_conv_implementation`,
+:meth:`~MobileViTV2PreTrainedModel.set_transformer_implementation`).
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from torch import nn
 
 import mobilevitv2_kernels
 from mobilevitv2 import loading
-from mobilevitv2.blocks import EAGER, MobileViTV2Layer
-from mobilevitv2.config import ATTN_IMPLEMENTATIONS, CONV_IMPLEMENTATIONS, MobileViTV2Config
+from mobilevitv2.blocks import EAGER, MobileViTV2Layer, MobileViTV2TransformerLayer
+from mobilevitv2.config import ATTN_IMPLEMENTATIONS, FUSED_IMPLEMENTATIONS, MobileViTV2Config
 from mobilevitv2.heads import MobileViTV2DeepLabV3
 from mobilevitv2.layers import MobileViTV2ConvLayer, MobileViTV2InvertedResidual, MobileViTV2MobileNetLayer
 from mobilevitv2.outputs import (
@@ -45,20 +46,28 @@ def check_attn_implementation(name: str, device: torch.device | str | None = Non
         )
 
 
-def check_conv_implementation(name: str, device: torch.device | str | None = None) -> None:
-    """Raise a clear error if ``conv_implementation=name`` cannot run here (on ``device``, default: CUDA if
-    present). Only "triton" needs checking: "eager" always runs, and "auto" falls back to eager."""
-    if name not in CONV_IMPLEMENTATIONS:
-        raise ValueError(f"conv_implementation must be one of {CONV_IMPLEMENTATIONS}, got {name!r}")
+# The inference-only fusions: option name -> (the op it uses, the module class that carries its backend).
+FUSED_OPTIONS: dict[str, tuple[str, type[nn.Module]]] = {
+    "conv_implementation": ("inverted_residual", MobileViTV2InvertedResidual),
+    "transformer_implementation": ("transformer_layer", MobileViTV2TransformerLayer),
+}
+
+
+def check_fused_implementation(option: str, name: str, device: torch.device | str | None = None) -> None:
+    """Raise a clear error if ``option=name`` (an entry of :data:`FUSED_OPTIONS`) cannot run here (on
+    ``device``, default: CUDA if present). Only "triton" needs checking: "eager" always runs, and "auto"
+    falls back to eager."""
+    if name not in FUSED_IMPLEMENTATIONS:
+        raise ValueError(f"{option} must be one of {FUSED_IMPLEMENTATIONS}, got {name!r}")
     if name in ("auto", EAGER):
         return
     if device is None or torch.device(device).type == "meta":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    available = mobilevitv2_kernels.available_backends(device, op="inverted_residual")
+    available = mobilevitv2_kernels.available_backends(device, op=FUSED_OPTIONS[option][0])
     if name not in available:
         choices = ["auto", EAGER] + [b for b in available if b != "reference"]
         raise mobilevitv2_kernels.BackendUnavailableError(
-            f"conv_implementation={name!r} cannot run on {torch.device(device).type} here; available: {choices}"
+            f"{option}={name!r} cannot run on {torch.device(device).type} here; available: {choices}"
         )
 
 
@@ -76,6 +85,7 @@ class MobileViTV2PreTrainedModel(nn.Module):
         self.apply(self._init_weights)
         self.set_attn_implementation(self.config.attn_implementation, check=False)
         self.set_conv_implementation(self.config.conv_implementation, check=False)
+        self.set_transformer_implementation(self.config.transformer_implementation, check=False)
 
     def _init_weights(self, module: nn.Module) -> None:
         """Training-from-scratch initialisation: He-normal convs, unit norms, small classifier."""
@@ -115,20 +125,36 @@ class MobileViTV2PreTrainedModel(nn.Module):
         the MobileViTV2 blocks' local convs stay eager. The choice is stored on every inverted residual now,
         nothing is read from globals in ``forward``. Raises a clear error if the choice cannot run here.
         Returns the model."""
-        if check:
-            device = next(self.parameters()).device
-            check_conv_implementation(name, device if device.type == "cuda" else None)
-        elif name not in CONV_IMPLEMENTATIONS:
-            raise ValueError(f"conv_implementation must be one of {CONV_IMPLEMENTATIONS}, got {name!r}")
-        self.config.conv_implementation = name
-        for module in self.modules():
-            if isinstance(module, MobileViTV2InvertedResidual):
-                module.conv_backend = None if name == EAGER else name
-        return self
+        return self._set_fused_implementation("conv_implementation", name, check)
 
     @property
     def conv_implementation(self) -> str:
         return self.config.conv_implementation
+
+    def set_transformer_implementation(self, name: str, check: bool = True) -> "MobileViTV2PreTrainedModel":
+        """Choose how the MobileViTV2 blocks' transformer layers run: "eager" (GroupNorm, attention and FFN
+        modules; the attention as ``attn_implementation`` says), "triton" (one fused inference op per layer,
+        ``mobilevitv2::transformer_layer``), or "auto" (the fused op for CUDA inputs, eager elsewhere). Like
+        ``conv_implementation``: the fused op runs only in eval mode when no gradient is needed, training
+        takes the eager path, the choice is stored on every layer now. Raises a clear error if the choice
+        cannot run here. Returns the model."""
+        return self._set_fused_implementation("transformer_implementation", name, check)
+
+    @property
+    def transformer_implementation(self) -> str:
+        return self.config.transformer_implementation
+
+    def _set_fused_implementation(self, option: str, name: str, check: bool) -> "MobileViTV2PreTrainedModel":
+        if check:
+            device = next(self.parameters()).device
+            check_fused_implementation(option, name, device if device.type == "cuda" else None)
+        elif name not in FUSED_IMPLEMENTATIONS:
+            raise ValueError(f"{option} must be one of {FUSED_IMPLEMENTATIONS}, got {name!r}")
+        setattr(self.config, option, name)
+        for module in self.modules():
+            if isinstance(module, FUSED_OPTIONS[option][1]):
+                module.fused_backend = None if name == EAGER else name
+        return self
 
     # ----- checkpoints -------------------------------------------------------------------------------------
     @classmethod
@@ -150,7 +176,7 @@ class MobileViTV2PreTrainedModel(nn.Module):
         Every key must fit unless ``strict=False``; errors name the missing, unexpected or mis-shaped keys."""
         directory = loading.resolve_directory(path_or_id, revision=revision, cache_dir=cache_dir)
         attn_implementation = config_overrides.pop("attn_implementation", None)
-        conv_implementation = config_overrides.pop("conv_implementation", None)
+        fused = {option: config_overrides.pop(option) for option in FUSED_OPTIONS if option in config_overrides}
         config = MobileViTV2Config.from_pretrained(directory, **config_overrides)
         model = cls(config)
         state_dict = loading.read_state_dict(directory)
@@ -163,8 +189,8 @@ class MobileViTV2PreTrainedModel(nn.Module):
             model.to(device=device, dtype=dtype)
         if attn_implementation is not None:
             model.set_attn_implementation(attn_implementation)
-        if conv_implementation is not None:
-            model.set_conv_implementation(conv_implementation)
+        for option, name in fused.items():
+            model._set_fused_implementation(option, name, check=True)
         return model
 
     def save_pretrained(self, directory: str | os.PathLike, safe_serialization: bool = True) -> None:

@@ -1,9 +1,11 @@
-"""Fused kernels for MobileViTV2: separable self-attention, unfold/fold patching, and the inverted residual.
+"""Fused kernels for MobileViTV2: separable self-attention, unfold/fold patching, the inverted residual and
+the transformer layer.
 
 Every op is a torch custom op in the ``mobilevitv2`` namespace (fake kernel and autograd included), with
 three interchangeable backends: ``reference`` (pure PyTorch, the oracle, runs anywhere), ``triton`` and
 ``cuda`` (a JIT-built extension). ``backend="auto"`` picks the fastest one available for the input.
-Exception: ``inverted_residual`` is inference-only (no derivative) and has no ``cuda`` kernel.
+Exceptions: ``inverted_residual`` and ``transformer_layer`` are inference-only (no derivative) and have no
+``cuda`` kernel.
 """
 
 from mobilevitv2_kernels import reference
@@ -12,6 +14,7 @@ from mobilevitv2_kernels.folding import fold_batchnorm
 from mobilevitv2_kernels.inverted_residual import inverted_residual
 from mobilevitv2_kernels.patching import fold, unfold
 from mobilevitv2_kernels.separable_attention import separable_attention
+from mobilevitv2_kernels.transformer_layer import transformer_layer
 
 __all__ = [
     "BACKEND_NAMES",
@@ -22,5 +25,6 @@ __all__ = [
     "inverted_residual",
     "reference",
     "separable_attention",
+    "transformer_layer",
     "unfold",
 ]

@@ -1,8 +1,9 @@
 """Pure-PyTorch reference implementations: the single oracle for every kernel.
 
 Every backend (``reference``, ``triton``, ``cuda``) implements these functions with the same contract
-(``cuda`` all but ``inverted_residual_forward``); the registered ops in :mod:`mobilevitv2_kernels.ops` dispatch to one of them. This module is also
-the eager path of the model, so it computes exactly what Hugging Face transformers computes (the same
+(``cuda`` all but the inference-only ``inverted_residual_forward`` and ``transformer_layer_forward``); the
+registered ops (``separable_attention.py``, ``patching.py``, ``inverted_residual.py``,
+``transformer_layer.py``) dispatch to one of them. This module is also the eager path of the model, so it computes exactly what Hugging Face transformers computes (the same
 operations in the same order), which keeps the eager model bit-compatible with it.
 
 Layout conventions (transformers' MobileViTV2):
@@ -102,3 +103,40 @@ def inverted_residual_forward(
     h = F.silu(h)
     y = F.conv2d(h, w_reduce.to(dtype).reshape(w_reduce.shape[0], E, 1, 1), b_reduce.to(dtype))
     return y + x if residual else y
+
+
+def transformer_layer_forward(
+    x: torch.Tensor,
+    norm1_weight: torch.Tensor,
+    norm1_bias: torch.Tensor,
+    w_qkv: torch.Tensor,
+    b_qkv: torch.Tensor,
+    w_out: torch.Tensor,
+    b_out: torch.Tensor,
+    norm2_weight: torch.Tensor,
+    norm2_bias: torch.Tensor,
+    w_ffn1: torch.Tensor,
+    b_ffn1: torch.Tensor,
+    w_ffn2: torch.Tensor,
+    b_ffn2: torch.Tensor,
+    eps: float,
+) -> torch.Tensor:
+    """One MobileViTV2 transformer layer at inference (no dropout), computed in ``x``'s dtype as the model's
+    modules compute it:
+
+    h = x + conv1x1(separable_attention(conv1x1(GN(x), w_qkv, b_qkv)), w_out, b_out)
+    y = h + conv1x1(SiLU(conv1x1(GN(h), w_ffn1, b_ffn1)), w_ffn2, b_ffn2)
+
+    x: (B, d, P, N) patches; GN is a one-group GroupNorm over (d, P, N) with ``eps`` and per-channel affine
+    (norm1 before the attention, norm2 before the FFN). 1x1 weights are 2-D: w_qkv (1 + 2d, d), w_out
+    (d, d), w_ffn1 (F, d), w_ffn2 (d, F); weights and biases are cast to ``x``'s dtype.
+    """
+    dtype = x.dtype
+
+    def conv1x1(t, w, b):
+        return F.conv2d(t, w.to(dtype)[:, :, None, None], b.to(dtype))
+
+    xn = F.group_norm(x, 1, norm1_weight.to(dtype), norm1_bias.to(dtype), eps)
+    h = conv1x1(separable_attention_forward(conv1x1(xn, w_qkv, b_qkv)), w_out, b_out) + x
+    hn = F.group_norm(h, 1, norm2_weight.to(dtype), norm2_bias.to(dtype), eps)
+    return conv1x1(F.silu(conv1x1(hn, w_ffn1, b_ffn1)), w_ffn2, b_ffn2) + h

@@ -545,7 +545,7 @@ def test_compile_fullgraph_with_fused_convs():
 def test_auto_is_eager_on_cpu(op_calls):
     model = MobileViTV2ForImageClassification(MobileViTV2Config.from_width(0.5, num_labels=2)).eval()
     model.set_conv_implementation("auto")
-    assert {m.conv_backend for m in model.modules() if isinstance(m, MobileViTV2InvertedResidual)} == {"auto"}
+    assert {m.fused_backend for m in model.modules() if isinstance(m, MobileViTV2InvertedResidual)} == {"auto"}
     with torch.no_grad():
         assert model(torch.randn(1, 3, 64, 64)).logits.shape == (1, 2)
     assert op_calls == []
@@ -555,7 +555,7 @@ def test_conv_implementation_option(tmp_path, monkeypatch):
     config = MobileViTV2Config.from_width(0.5, num_labels=2)
     assert config.conv_implementation == "eager"
     model = MobileViTV2ForImageClassification(config)
-    assert {m.conv_backend for m in model.modules() if isinstance(m, MobileViTV2InvertedResidual)} == {None}
+    assert {m.fused_backend for m in model.modules() if isinstance(m, MobileViTV2InvertedResidual)} == {None}
     with pytest.raises(ValueError, match="conv_implementation must be one of"):
         model.set_conv_implementation("cuda")
     with pytest.raises(ValueError, match="conv_implementation must be one of"):
@@ -573,7 +573,7 @@ def test_conv_implementation_option(tmp_path, monkeypatch):
     assert "conv_implementation" not in (tmp_path / "config.json").read_text()
     loaded = MobileViTV2ForImageClassification.from_pretrained(tmp_path, conv_implementation="auto")
     assert loaded.conv_implementation == "auto"
-    assert {m.conv_backend for m in loaded.modules() if isinstance(m, MobileViTV2InvertedResidual)} == {"auto"}
+    assert {m.fused_backend for m in loaded.modules() if isinstance(m, MobileViTV2InvertedResidual)} == {"auto"}
     assert MobileViTV2ForImageClassification.from_pretrained(tmp_path).conv_implementation == "eager"
 
 
@@ -582,22 +582,12 @@ def test_conv_implementation_option(tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------------------------------------
 
 _COMPILE_FOR_HOPPER = r"""
-import glob, os, subprocess, sys
-import torch, triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
+import torch
+from sm90_compile_script import compile_for_sm90
 from mobilevitv2_kernels.triton_kernels import inverted_residual as ir
 
-cuobjdump = glob.glob(os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump"))
-try:
-    from triton._C.libtriton import native_specialize_impl
-    from triton.backends.compiler import BaseBackend
-except ImportError as exc:
-    print("SKIP: unsupported Triton internals:", exc)
-    sys.exit(0)
-
 def compile_for_hopper(variant, dtype, B, c_in, e, c_out, H, W, stride, dilation, residual):
-    # The launch the launcher would make for these shapes (meta tensors: no memory, real strides) ...
+    # The launch the launcher would make for these shapes (meta tensors: no memory, real strides).
     x = torch.empty(B, c_in, H, W, dtype=dtype, device="meta")
     out = torch.empty(B, c_out, -(-H // stride), -(-W // stride), dtype=dtype, device="meta")
     w = [torch.empty(e, c_in, dtype=dtype, device="meta"), torch.empty(e, device="meta"),
@@ -612,32 +602,7 @@ def compile_for_hopper(variant, dtype, B, c_in, e, c_out, H, W, stride, dilation
         halo_pad = ir.halo_geometry(cfg, stride, dilation)["halo_pad"]
         scratch = torch.empty(264, cfg["block_e"], halo_pad, device="meta")  # 2 x 132 SMs (H100 SXM)
         args, meta, _ = ir.halo_kernel_arguments(x, *w, out, scratch, stride, dilation, residual, cfg)
-    options = {"num_warps": meta.pop("num_warps"), "num_stages": meta.pop("num_stages")}
-    # ... specialised as the JIT does (value 1 -> constant; multiples of 16 and pointers -> divisibility 16).
-    signature, constexprs, attrs = {}, {}, {}
-    for i, arg in enumerate(kernel.arg_names):
-        if arg in meta:
-            signature[arg], constexprs[(i,)] = "constexpr", meta[arg]
-            continue
-        ty, key = native_specialize_impl(BaseBackend, args[i], False, True, True)[:2]
-        signature[arg] = ty
-        if ty == "constexpr":
-            constexprs[(i,)] = key
-        elif key == "D":
-            attrs[(i,)] = [["tt.divisibility", 16]]
-    source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs)
-    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
-    cubin = compiled.asm["cubin"]
-    assert cubin
-    usage = "resource usage not checked (no cuobjdump)"
-    if cuobjdump:
-        path = "/tmp/mobilevitv2_ir_%d.cubin" % os.getpid()
-        with open(path, "wb") as f:
-            f.write(cubin)
-        usage = subprocess.run([cuobjdump[0], "-res-usage", path], capture_output=True, text=True).stdout
-        os.remove(path)
-        usage = next(line.strip() for line in usage.splitlines() if "REG:" in line).split(" CONSTANT")[0]
-        assert "STACK:0 " in usage + " ", ("register spills", dtype, (c_in, e, c_out), cfg, usage)
+    usage = compile_for_sm90(kernel, args, meta)
     print("compiled", variant, dtype, (c_in, e, c_out, H, W, stride, dilation, residual), cfg, usage)
 
 # Width-1.0 blocks at 256x256 input, batch 256: layer.0, layer.1.0, layer.1.1, layer.2 and layer.4

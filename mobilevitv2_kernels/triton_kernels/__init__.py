@@ -12,11 +12,13 @@ from mobilevitv2_kernels.triton_kernels.separable_attention import (
     separable_attention_backward,
     separable_attention_forward,
 )
+from mobilevitv2_kernels.triton_kernels.transformer_layer import transformer_layer_forward
 
 __all__ = [
     "fold_forward",
     "inverted_residual_forward",
     "separable_attention_backward",
     "separable_attention_forward",
+    "transformer_layer_forward",
     "unfold_forward",
 ]
