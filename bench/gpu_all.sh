@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
-# The one script to run on a GPU machine (device time is short; never iterate there). In order:
-#   1. build the CUDA extension ahead of time;
-#   2. the whole test suite on the GPU (kernels, fused model, compile, CUDA graphs);
-#   3. kernel timings at the stage shapes against a copy measured in the same run (bench/gpu_check_kernels.py);
-#   4. where the time goes (bench/profile_modules.py);
-#   5. separable vs multi-head attention over N (bench/run_full.py --attention-only, with a log-log plot);
-#   6. the default model benchmark (mobilevitv2 bench), whose table is printed last.
-# Results land in $OUT (the device tool's folder) or bench/results/. Planned to fit one 10-minute command;
+# The one script to run on a GPU machine (device time is short; never iterate there). In order, each step
+# under its own time limit so that one slow step cannot starve the rest, all within one 10-minute command:
+#   1. build the CUDA extension ahead of time (its compile errors print here);
+#   2. the performance targets (mobilevitv2 bench --suite targets): every provider's first output is checked
+#      against ours eager in fp32 before it is timed, and results are written after every case, so a time
+#      limit keeps what ran;
+#   3. the GPU tests (pytest -m gpu: kernels on CUDA, the fused model, compile, CUDA graphs);
+#   4. kernel timings at the stage shapes against a copy measured in the same run (bench/gpu_check_kernels.py);
+#   5. where the time goes (bench/profile_modules.py);
+#   6. the full test suite, if time is left.
+# The targets' table is printed again last. Results land in $OUT (the device tool's folder) or bench/results/.
 # SWEEP=1 adds the kernels' tile sweeps, FULL=1 the full model sweep (much longer: many compilations).
 #   GIT_COMMIT=$(git rev-parse --short HEAD) bash bench/gpu_all.sh      (the GPU box has no .git)
+# Limits (seconds; override by environment): BUILD_S, TARGETS_S, TESTS_S, KERNELS_S, PROFILE_S, TOTAL_S.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -17,8 +21,24 @@ out="${OUT:-bench/results}"
 mkdir -p "$out"
 device=$(python -c "import torch; assert torch.cuda.is_available(); print(torch.cuda.get_device_name(0).replace(' ', '_'))" 2>/dev/null) || {
   echo "no CUDA device: nothing to do"; exit 0; }
+started=$SECONDS
+total=${TOTAL_S:-570}
 status=0
-step() { echo; echo "=== $* ($(date +%T))"; }
+step() { echo; echo "=== $* ($(date +%T), $((SECONDS - started)) s in)"; }
+# run LIMIT LINES LOG CMD...: CMD for at most LIMIT seconds (never past the total budget), its output to LOG,
+# then the last LINES lines of it.
+run() {
+  local limit=$1 lines=$2 log=$3; shift 3
+  local left=$((total - (SECONDS - started)))
+  [ "$left" -lt "$limit" ] && limit=$left
+  if [ "$limit" -le 5 ]; then echo "(skipped: no time left)"; return 0; fi
+  timeout --kill-after=10 "$limit" "$@" > "$log" 2>&1
+  local rc=$?
+  tail -n "$lines" "$log"
+  [ $rc -eq 124 ] && echo "(stopped at its ${limit} s limit)"
+  [ $rc -ne 0 ] && status=1
+  return 0
+}
 sweep=(--no-sweep); [ "${SWEEP:-0}" = 1 ] && sweep=(--ir-sweep)
 
 step "environment"
@@ -27,26 +47,35 @@ python -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch
 echo "commit ${GIT_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}"
 
 step "1. build the CUDA extension"
-python -m mobilevitv2_kernels build 2>&1 | tail -5 || status=1
+run "${BUILD_S:-200}" 5 "$out/build_$device.txt" python -m mobilevitv2_kernels build
 
-step "2. tests on the GPU"
-python -m pytest tests -q -p no:cacheprovider 2>&1 | tee "$out/tests_$device.txt" | tail -15 || status=1
+step "2. performance targets"
+run "${TARGETS_S:-300}" 45 "$out/targets_$device.txt" python -m mobilevitv2.cli bench --suite targets --out "$out/targets_$device"
 
-step "3. kernel timings at the stage shapes"
-python bench/gpu_check_kernels.py --skip-tests "${sweep[@]}" --rep 100 --out "$out/kernels_$device.json" 2>&1 | tail -45 || status=1
+step "3. GPU tests"
+run "${TESTS_S:-120}" 15 "$out/tests_gpu_$device.txt" python -m pytest tests -m gpu -q -p no:cacheprovider
 
-step "4. where the time goes (width 1.0, batch 256, fp16)"
-python bench/profile_modules.py --batch 256 --dtype fp16 2>&1 | tee "$out/profile_$device.txt" | tail -10 || status=1
+step "4. kernel timings at the stage shapes"
+run "${KERNELS_S:-60}" 45 "$out/kernels_$device.txt" python bench/gpu_check_kernels.py --skip-tests "${sweep[@]}" --rep 50 --out "$out/kernels_$device.json"
 
-step "5. separable vs multi-head attention over N"
-python bench/run_full.py --attention-only --reps 10 --out "$out/attention_$device" 2>&1 | tail -28 || status=1
+step "5. where the time goes (width 1.0, batch 256, fp16)"
+run "${PROFILE_S:-40}" 12 "$out/profile_$device.txt" python bench/profile_modules.py --batch 256 --dtype fp16
 
 if [ "${FULL:-0}" = 1 ]; then
   step "full model sweep"
-  python bench/run_full.py --out "$out/full_$device" 2>&1 | tail -60 || status=1
+  run 3600 60 "$out/full_$device.txt" python bench/run_full.py --out "$out/full_$device"
 fi
 
-step "6. model benchmark (mobilevitv2 bench)"
-python -m mobilevitv2.cli bench --out "$out/bench_$device" 2>&1 | tail -30 || status=1
-echo "status $status; results in $out"
+step "6. the whole test suite (what time is left)"
+run 600 6 "$out/tests_$device.txt" python -m pytest tests -q -p no:cacheprovider
+
+step "targets (again, last)"
+python - "$out/targets_$device.json" <<'PY' || status=1
+import json, sys
+from mobilevitv2.benchmark import Result, format_table
+data = json.load(open(sys.argv[1]))
+print(data["environment"])
+print(format_table([Result(**row) for row in data["results"]]))
+PY
+echo "status $status; $((SECONDS - started)) s; results in $out"
 exit $status

@@ -112,8 +112,16 @@ def copy_bandwidth(device: torch.device, nbytes: int) -> float:
     return 2 * (nbytes // 2) / ms
 
 
-def run_cases(cases: Iterable[Case], device: torch.device, reps: int = 10, progress: bool = True) -> list[Result]:
-    """Time every case; a case that fails (out of memory, a compile error) is reported, not fatal."""
+def run_cases(
+    cases: Iterable[Case],
+    device: torch.device,
+    reps: int = 10,
+    progress: bool = True,
+    after_each: Callable[[list[Result]], None] | None = None,
+) -> list[Result]:
+    """Time every case; a case that fails (out of memory, a compile error, a wrong output) is reported, not
+    fatal. ``after_each(results so far)`` runs after every case (to write partial results that survive a
+    time limit)."""
     cases = list(cases)
     results, bandwidth_cache = [], {}
     for i, case in enumerate(cases, 1):
@@ -131,11 +139,20 @@ def run_cases(cases: Iterable[Case], device: torch.device, reps: int = 10, progr
             if device.type == "cuda":
                 torch.cuda.empty_cache()
         results.append(result)
+        _fill_speedups(cases, results)
+        if progress:
+            print(f"    {'error: ' + result.error if result.error else f'{result.ms:.3f} ms'}", file=sys.stderr, flush=True)
+        if after_each is not None:
+            after_each(results)
+    return results
+
+
+def _fill_speedups(cases: list[Case], results: list[Result]) -> None:
+    """Each result's speed-up against its group's baseline (where the baseline has run without error)."""
     baselines = {c.group: r.ms for c, r in zip(cases, results) if c.baseline and r.error is None}
     for r in results:
         if r.group in baselines and r.error is None:
             r.speedup = baselines[r.group] / r.ms
-    return results
 
 
 def format_table(results: list[Result]) -> str:
@@ -260,8 +277,104 @@ def attention_scaling_cases(
     return cases
 
 
+def transformer_layer_cases(
+    batch: int, dim: int, n: int, dtype: torch.dtype, device: torch.device, compiled: bool = True
+) -> list[Case]:
+    """One MobileViTV2 transformer layer at inference on (batch, dim, 4, n) patches (FFN width 2 x dim):
+    the module eager (baseline) and compiled, and the fused ``mobilevitv2::transformer_layer`` op (Triton),
+    each output checked against the float32 module first. Bytes: x read and y written once."""
+    from mobilevitv2 import MobileViTV2Config
+    from mobilevitv2.blocks import MobileViTV2TransformerLayer
+
+    group = f"transformer layer ({batch},{dim},4,{n}) {_dtype_name(dtype)} inference"
+    layer = _randomize_for_check(MobileViTV2TransformerLayer(MobileViTV2Config(), dim, 2 * dim)).to(device).eval()
+    x32 = torch.randn(batch, dim, 4, n, device=device, generator=torch.Generator(device).manual_seed(0))
+    with torch.no_grad():
+        expected = layer(x32)
+    layer = layer.to(dtype)
+    x = x32.to(dtype)
+
+    def build(provider):
+        if provider == "fused op":
+            fused = MobileViTV2TransformerLayer(MobileViTV2Config(), dim, 2 * dim).to(device=device, dtype=dtype).eval()
+            fused.load_state_dict(layer.state_dict())
+            fused.fused_backend = "triton"
+            forward = fused
+        else:
+            forward = torch.compile(layer) if provider == "module compiled" else layer
+
+        def run():
+            with torch.no_grad():
+                return forward(x)
+
+        def check(out):
+            err = relative_error(out, expected)
+            return None if err <= CHECK_TOLERANCE[dtype] else f"wrong output: relative error {err:.3g} vs fp32 module"
+
+        return run, check
+
+    providers = ["module eager"] + (["module compiled"] if compiled else []) + (["fused op"] if device.type == "cuda" else [])
+    nbytes = 2 * x.numel() * x.element_size()
+    return [Case(group, p, _Deferred(build, p), baseline=p == "module eager", items=batch, bytes_moved=nbytes)
+            for p in providers]  # fmt: skip
+
+
 def _dtype_name(dtype: torch.dtype) -> str:
     return {v: k for k, v in DTYPES.items()}[dtype]
+
+
+# Model providers as data: who runs the model, with which options, compiled how (None: not compiled).
+# "fused" = fused attention (attn_implementation="auto"); "+conv" adds the fused inverted residuals
+# (conv_implementation="auto", inference only); "all" adds the fused transformer layers too
+# (transformer_implementation="auto", inference only).
+MODEL_PROVIDERS: dict[str, tuple[str, dict, dict | None]] = {
+    "transformers eager": ("transformers", {}, None),
+    "transformers compiled": ("transformers", {}, {}),
+    "transformers compiled reduce-overhead": ("transformers", {}, {"mode": "reduce-overhead"}),
+    "ours eager": ("ours", {"attn": "eager"}, None),
+    "ours compiled": ("ours", {"attn": "eager"}, {"fullgraph": True}),
+    "ours fused": ("ours", {"attn": "auto"}, None),
+    "ours fused compiled": ("ours", {"attn": "auto"}, {"fullgraph": True}),
+    "ours fused compiled reduce-overhead": ("ours", {"attn": "auto"}, {"fullgraph": True, "mode": "reduce-overhead"}),
+    "ours fused+conv": ("ours", {"attn": "auto", "conv": "auto"}, None),
+    "ours fused+conv compiled": ("ours", {"attn": "auto", "conv": "auto"}, {"fullgraph": True}),
+    "ours fused+conv compiled reduce-overhead": ("ours", {"attn": "auto", "conv": "auto"}, {"fullgraph": True, "mode": "reduce-overhead"}),
+    "ours fused all": ("ours", {"attn": "auto", "conv": "auto", "transformer": "auto"}, None),
+    "ours fused all compiled": ("ours", {"attn": "auto", "conv": "auto", "transformer": "auto"}, {"fullgraph": True}),
+    "ours fused all compiled reduce-overhead": ("ours", {"attn": "auto", "conv": "auto", "transformer": "auto"}, {"fullgraph": True, "mode": "reduce-overhead"}),
+}
+_INFERENCE_ONLY_OPTIONS = ("conv", "transformer")
+
+
+def default_model_providers(device: torch.device, training: bool, compiled: bool, reduce_overhead: bool) -> list[str]:
+    """The providers a model group gets unless it names them: transformers and ours, eager and compiled;
+    on a GPU the fused variants (those with inference-only fusions only at inference)."""
+    names = ["transformers eager"] + (["transformers compiled"] if compiled else [])
+    names += ["transformers compiled reduce-overhead"] if compiled and reduce_overhead else []
+    names.append("ours eager")
+    if device.type != "cuda":
+        return names + (["ours compiled"] if compiled else [])
+    for variant in ("ours fused", "ours fused+conv", "ours fused all"):
+        if training and variant != "ours fused":
+            continue  # the inference-only fusions would run their eager modules in a training step
+        names.append(variant)
+        names += [f"{variant} compiled"] if compiled else []
+        names += [f"{variant} compiled reduce-overhead"] if compiled and reduce_overhead else []
+    return names
+
+
+def relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
+    """||got - expected|| / ||expected|| in float64 (inf for a non-finite ``got``)."""
+    got, expected = got.double(), expected.double()
+    if not torch.isfinite(got).all():
+        return float("inf")
+    return ((got - expected).norm() / expected.norm().clamp_min(1e-30)).item()
+
+
+# A provider whose output differs from ours-eager-in-fp32 by more than this (relative L2) is reported as
+# wrong and not timed: a coarse guard against a broken kernel on a new device, not a numerics test (the
+# test suite is that). TF32 convolutions (cuDNN's default for float32) stay well inside 1e-2.
+CHECK_TOLERANCE = {torch.float32: 1e-2, torch.float16: 5e-2, torch.bfloat16: 1e-1}
 
 
 def model_cases(
@@ -274,91 +387,149 @@ def model_cases(
     compiled: bool = True,
     reduce_overhead: bool = False,
     transformers_baseline: bool = True,
+    providers: list[str] | None = None,
+    baseline: str = "transformers eager",
+    task: str = "classification",
+    output_stride: int = 32,
 ) -> list[Case]:
-    """Whole-model cases: ours eager, ours fused (and compiled), transformers eager (and compiled); on a GPU
-    at inference also "ours fused+conv": fused attention plus the fused inverted residuals
-    (``set_conv_implementation("auto")``)."""
-    from mobilevitv2 import MobileViTV2Config, MobileViTV2ForImageClassification
+    """Whole-model cases of one group, one per provider (:data:`MODEL_PROVIDERS`; default
+    :func:`default_model_providers`). The speed-up column is against ``baseline`` (if it runs; else against
+    "ours eager"). ``task`` is "classification" (256x256 by default, 1000 classes) or "segmentation"
+    (DeepLabV3 at ``output_stride``). Every inference provider's first output is checked against ours
+    eager in float32 on the same input (:data:`CHECK_TOLERANCE`); a training step must give a finite loss.
+    A failing check is reported as that provider's error, never timed."""
+    from mobilevitv2 import MobileViTV2Config, MobileViTV2ForImageClassification, MobileViTV2ForSemanticSegmentation
 
-    config = MobileViTV2Config.from_width(width, num_labels=1000)
-    ours = MobileViTV2ForImageClassification(config).to(device)
-    x = torch.randn(batch, 3, size, size, device=device)
+    if providers is None:
+        providers = default_model_providers(device, training, compiled, reduce_overhead)
+    if not transformers_baseline:
+        providers = [p for p in providers if not p.startswith("transformers")]
+    unknown = [p for p in providers if p not in MODEL_PROVIDERS]
+    if unknown:
+        raise ValueError(f"unknown model providers {unknown}; known: {list(MODEL_PROVIDERS)}")
+    segmentation = task == "segmentation"
+    if task not in ("classification", "segmentation"):
+        raise ValueError(f"task must be 'classification' or 'segmentation', got {task!r}")
+    num_labels = 21 if segmentation else 1000
+    ours_class = MobileViTV2ForSemanticSegmentation if segmentation else MobileViTV2ForImageClassification
+
+    def our_config():
+        config = MobileViTV2Config.from_width(width, num_labels=num_labels)
+        if segmentation:
+            config.output_stride = output_stride
+        return config
+
+    weights = _randomize_for_check(ours_class(our_config())).state_dict()
+    x = torch.randn(batch, 3, size, size, device=device, generator=torch.Generator(device).manual_seed(0))
     mode = "train step" if training else "inference"
-    group = f"model w{width} b{batch} {_dtype_name(dtype)} {mode}"
-    if training:
-        cases_dtype, autocast = torch.float32, dtype if dtype != torch.float32 else None
-    else:
-        cases_dtype, autocast = dtype, None
-    x = x.to(cases_dtype)
-    labels = torch.randint(0, 1000, (batch,), device=device)
+    what = f"seg OS{output_stride} {size}px" if segmentation else f"{size}px" if size != 256 else ""
+    group = f"model w{width} {what + ' ' if what else ''}b{batch} {_dtype_name(dtype)} {mode}"
+    cases_dtype, autocast = (torch.float32, dtype if dtype != torch.float32 else None) if training else (dtype, None)
+    labels = (
+        torch.randint(0, num_labels, (batch, size, size) if segmentation else (batch,), device=device)
+        if training else None
+    )  # fmt: skip
+    expected = None
+    if not training:  # ours eager, fp32, same weights and input: what every provider's output must match
+        reference_model = ours_class(our_config()).set_attn_implementation("eager", check=False)
+        reference_model.load_state_dict(weights)
+        with torch.no_grad():
+            expected = reference_model.to(device).eval()(x).logits.float()
+        del reference_model
 
-    def make_step(model):
-        model = model.to(device=device, dtype=cases_dtype)
-        if not training:
-            model.eval()
-
-            def infer(m=model):
-                with torch.no_grad():
-                    return m(x)
-
-            return infer
-        model.train()
-        optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
-
-        def step(m=model):
-            with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
-                loss = m(x, labels=labels).loss
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-
-        return step
-
-    def forward_of(model, **compile_kwargs):
-        if not compile_kwargs:
-            return model
-        compiled_model = torch.compile(model, **compile_kwargs)
-        return compiled_model
-
-    cases = []
-    hf = None
-    if transformers_baseline:
-        try:
+    def build(provider: str):
+        owner, options, compile_kwargs = MODEL_PROVIDERS[provider]
+        if owner == "transformers":
             import transformers
 
-            hf = transformers.MobileViTV2ForImageClassification(transformers.MobileViTV2Config(width_multiplier=width, num_labels=1000))
-        except ImportError:
-            hf = None
-    if hf is not None:
-        hf.load_state_dict(ours.state_dict())
-        cases.append(Case(group, "transformers eager", make_step(hf), baseline=True, items=batch))
-        if compiled:
-            cases.append(Case(group, "transformers compiled", make_step(forward_of(hf, fullgraph=False)), items=batch))
-            if reduce_overhead:
-                cases.append(Case(group, "transformers compiled reduce-overhead", make_step(forward_of(hf, mode="reduce-overhead")), items=batch))
-    eager = MobileViTV2ForImageClassification(config).set_attn_implementation("eager", check=False)
-    eager.load_state_dict(ours.state_dict())
-    cases.append(Case(group, "ours eager", make_step(eager), baseline=hf is None, items=batch))
-    if device.type == "cuda":
-        fused = MobileViTV2ForImageClassification(MobileViTV2Config.from_width(width, num_labels=1000)).set_attn_implementation("auto")
-        fused.load_state_dict(ours.state_dict())
-        cases.append(Case(group, "ours fused", make_step(fused), items=batch))
-        if compiled:
-            cases.append(Case(group, "ours fused compiled", make_step(forward_of(fused, fullgraph=True)), items=batch))
-            if reduce_overhead:
-                cases.append(Case(group, "ours fused compiled reduce-overhead", make_step(forward_of(fused, mode="reduce-overhead", fullgraph=True)), items=batch))
-        if not training:  # the fused inverted residual is inference-only (a training step would run eager convs)
-            fused_conv = MobileViTV2ForImageClassification(MobileViTV2Config.from_width(width, num_labels=1000))
-            fused_conv.set_attn_implementation("auto").set_conv_implementation("auto")
-            fused_conv.load_state_dict(ours.state_dict())
-            cases.append(Case(group, "ours fused+conv", make_step(fused_conv), items=batch))
-            if compiled:
-                cases.append(Case(group, "ours fused+conv compiled", make_step(forward_of(fused_conv, fullgraph=True)), items=batch))
-                if reduce_overhead:
-                    cases.append(Case(group, "ours fused+conv compiled reduce-overhead", make_step(forward_of(fused_conv, mode="reduce-overhead", fullgraph=True)), items=batch))
-    elif compiled:
-        cases.append(Case(group, "ours compiled", make_step(forward_of(eager, fullgraph=True)), items=batch))
+            hf_class = (
+                transformers.MobileViTV2ForSemanticSegmentation if segmentation else transformers.MobileViTV2ForImageClassification
+            )
+            hf_config = transformers.MobileViTV2Config(width_multiplier=width, num_labels=num_labels)
+            if segmentation:
+                hf_config.output_stride = output_stride
+            model = hf_class(hf_config)
+        else:
+            model = ours_class(our_config()).set_attn_implementation(options["attn"], check=False)
+            if "conv" in options:
+                model.set_conv_implementation(options["conv"], check=False)
+            if "transformer" in options:
+                model.set_transformer_implementation(options["transformer"], check=False)
+        model.load_state_dict(weights)
+        model = model.to(device=device, dtype=cases_dtype)
+        model.train(training)
+        forward = torch.compile(model, **compile_kwargs) if compile_kwargs is not None else model
+        if training:
+            optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+
+            def step():
+                with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+                    loss = forward(x.to(cases_dtype), labels=labels).loss
+                loss.backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                return loss.detach()
+
+            return step, lambda loss: None if torch.isfinite(loss).item() else f"non-finite loss {loss.item()}"
+        inputs = x.to(cases_dtype)
+
+        def infer():
+            with torch.no_grad():
+                return forward(inputs).logits
+
+        def check(logits):
+            err = relative_error(logits, expected)
+            return None if err <= CHECK_TOLERANCE[dtype] else f"wrong output: relative error {err:.3g} vs ours eager fp32"
+
+        return infer, check
+
+    baseline_name = baseline if baseline in providers else "ours eager"
+    cases = []
+    for provider in providers:
+        if training and any(k in MODEL_PROVIDERS[provider][1] for k in _INFERENCE_ONLY_OPTIONS):
+            raise ValueError(f"provider {provider!r} uses inference-only fusions; it has no training step")
+        if provider.startswith("transformers"):
+            try:
+                import transformers  # noqa: F401
+            except ImportError:
+                continue
+        cases.append(Case(group, provider, _Deferred(build, provider), baseline=provider == baseline_name, items=batch))
     return cases
+
+
+class _Deferred:
+    """A case's callable built on first use (so that models of a group are not all on the device at once),
+    whose first result is checked before anything is timed: a failing check raises, and the harness
+    reports it as the case's error."""
+
+    def __init__(self, build: Callable[[str], tuple[Callable, Callable]], provider: str) -> None:
+        self.build, self.provider, self.fn = build, provider, None
+
+    def __call__(self):
+        if self.fn is None:
+            fn, check = self.build(self.provider)
+            problem = check(fn())
+            if problem:
+                raise AssertionError(problem)
+            self.fn = fn
+        return self.fn()
+
+
+def _randomize_for_check(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Weights whose activations neither vanish nor explode, so the output check has signal: fan-in
+    normal convs, and BatchNorm/GroupNorm parameters and running statistics drawn around identity."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
+                module.weight.copy_(torch.randn(module.weight.shape, generator=gen) / module.weight[0].numel() ** 0.5)
+            elif isinstance(module, torch.nn.BatchNorm2d):
+                module.weight.uniform_(0.5, 1.5, generator=gen)
+                module.running_mean.uniform_(-0.5, 0.5, generator=gen)
+                module.running_var.uniform_(0.5, 2.0, generator=gen)
+            elif isinstance(module, torch.nn.GroupNorm):
+                module.weight.uniform_(0.5, 1.5, generator=gen)
+    return model
 
 
 def default_cases(device: torch.device) -> list[Case]:
@@ -377,6 +548,43 @@ def default_cases(device: torch.device) -> list[Case]:
     return cases
 
 
+def target_cases(device: torch.device, quick: bool = False) -> list[Case]:
+    """The performance targets, each group against the baseline its target names: width 1.0, fp16
+    inference at batch 256 against transformers compiled, at batch 1 against transformers compiled with
+    reduce-overhead (CUDA graphs), a bf16-autocast training step at batch 128 and DeepLabV3 at 512x512 OS 16
+    batch 32 against transformers eager; then separable vs flash multi-head attention over N.
+    ``quick``: tiny shapes, nothing compiled, for a dry run of the same code on any device."""
+    gpu = device.type == "cuda"
+    low = torch.float16 if gpu else torch.float32
+    best = ["ours fused all", "ours fused+conv", "ours fused"] if gpu else ["ours eager"]
+    if quick:
+        return (
+            model_cases(0.5, 2, low, device, size=64, providers=["transformers eager"] + best, compiled=False)
+            + model_cases(0.5, 2, low, device, size=64, providers=["transformers eager", best[-1]], training=True)
+            + model_cases(0.5, 1, low, device, size=128, task="segmentation", output_stride=16, providers=["transformers eager"] + best)
+            + transformer_layer_cases(2, 32, 16, low, device, compiled=False)
+            + attention_scaling_cases(64, 4096, 64, low, device, backward=False)
+        )
+    # Ordered by what the targets need most and by compile time (a time limit keeps what ran first).
+    cases = model_cases(1.0, 256, low, device, baseline="transformers compiled",
+                        providers=["transformers compiled", "transformers eager"] + best + [f"{best[0]} compiled"])
+    cases += model_cases(1.0, 1, low, device, baseline="transformers compiled reduce-overhead",
+                         providers=["transformers compiled reduce-overhead", best[0]]
+                         + [f"{p} compiled reduce-overhead" for p in best[:2]])
+    cases += model_cases(1.0, 32, low, device, size=512, task="segmentation", output_stride=16,
+                         providers=["transformers eager"] + best)
+    for dim, n in ((128, 256), (192, 64), (256, 16)):  # width 1.0's three stages at 256x256
+        cases += transformer_layer_cases(256, dim, n, low, device)
+    for n in (64, 256, 1024, 4096, 16384):
+        cases += attention_scaling_cases(n, 1_048_576, 256, low, device, backward=False)
+    cases += model_cases(1.0, 128, torch.bfloat16, device, training=True,
+                         providers=["transformers eager", best[-1], "transformers compiled", f"{best[-1]} compiled"])
+    return cases  # fmt: skip
+
+
+SUITES = {"default": default_cases, "targets": target_cases}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="mobilevitv2 bench",
@@ -387,13 +595,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda if present)")
     parser.add_argument("--out", default=None, help="results path prefix (writes .json and .csv); default bench-results/<device>-<date>")
     parser.add_argument("--reps", type=int, default=10, help="timed repetitions per case (median reported)")
+    parser.add_argument(
+        "--suite", choices=sorted(SUITES), default="default",
+        help="default: the sweep above; targets: the performance targets (width 1.0: fp16 batch 256 vs transformers "
+        "compiled, batch 1 vs reduce-overhead, bf16 training step at 128, DeepLabV3 512px OS16 batch 32, "
+        "separable vs flash attention over N)",
+    )  # fmt: skip
+    parser.add_argument("--quick", action="store_true", help="with --suite targets: tiny shapes, nothing compiled")
     args = parser.parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     env = environment(device)
     print(f"mobilevitv2 bench on {env['device']} (torch {env['torch']}, triton {env['triton']}, commit {env['commit']})", file=sys.stderr)
-    results = run_cases(default_cases(device), device, reps=args.reps)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    prefix = args.out or os.path.join("bench-results", f"{device.type}-{stamp}")
+    prefix = args.out or os.path.join("bench-results", f"{device.type}-{args.suite}-{stamp}")
+    cases = target_cases(device, quick=args.quick) if args.suite == "targets" else default_cases(device)
+    results = run_cases(cases, device, reps=args.reps, after_each=lambda partial: write_results(prefix, env, partial))
     json_path, csv_path = write_results(prefix, env, results)
     print(format_table(results))
     print(f"\nwrote {json_path} and {csv_path}")
