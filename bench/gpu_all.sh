@@ -47,19 +47,19 @@ python -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch
 echo "commit ${GIT_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}"
 
 step "1. build the CUDA extension"
-run "${BUILD_S:-200}" 5 "$out/build_$device.txt" python -m mobilevitv2_kernels build
+run "${BUILD_S:-150}" 5 "$out/build_$device.txt" python -m mobilevitv2_kernels build
 
 step "2. performance targets"
-run "${TARGETS_S:-300}" 45 "$out/targets_$device.txt" python -m mobilevitv2.cli bench --suite targets --out "$out/targets_$device"
+run "${TARGETS_S:-380}" 45 "$out/targets_$device.txt" python -m mobilevitv2.cli bench --suite targets --out "$out/targets_$device"
 
 step "3. GPU tests"
-run "${TESTS_S:-120}" 15 "$out/tests_gpu_$device.txt" python -m pytest tests -m gpu -q -p no:cacheprovider
+run "${TESTS_S:-90}" 15 "$out/tests_gpu_$device.txt" python -m pytest tests -m gpu -q -p no:cacheprovider
 
 step "4. kernel timings at the stage shapes"
-run "${KERNELS_S:-60}" 45 "$out/kernels_$device.txt" python bench/gpu_check_kernels.py --skip-tests "${sweep[@]}" --rep 50 --out "$out/kernels_$device.json"
+run "${KERNELS_S:-40}" 45 "$out/kernels_$device.txt" python bench/gpu_check_kernels.py --skip-tests "${sweep[@]}" --rep 50 --out "$out/kernels_$device.json"
 
 step "5. where the time goes (width 1.0, batch 256, fp16)"
-run "${PROFILE_S:-40}" 12 "$out/profile_$device.txt" python bench/profile_modules.py --batch 256 --dtype fp16
+run "${PROFILE_S:-30}" 12 "$out/profile_$device.txt" python bench/profile_modules.py --batch 256 --dtype fp16
 
 if [ "${FULL:-0}" = 1 ]; then
   step "full model sweep"

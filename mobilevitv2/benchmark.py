@@ -326,7 +326,12 @@ def _dtype_name(dtype: torch.dtype) -> str:
 # Model providers as data: who runs the model, with which options, compiled how (None: not compiled).
 # "fused" = fused attention (attn_implementation="auto"); "+conv" adds the fused inverted residuals
 # (conv_implementation="auto", inference only); "all" adds the fused transformer layers too
-# (transformer_implementation="auto", inference only).
+# (transformer_implementation="auto", inference only). "frozen" compiles with Inductor's freezing, which
+# treats the parameters as constants (inference only, parameters must not change afterwards), so the
+# per-call weight preparation (BatchNorm folding, GroupNorm affine) is folded away at compile time;
+# "frozen cudagraphs" adds CUDA graphs, like mode="reduce-overhead" (which cannot be combined with options).
+_FROZEN = {"fullgraph": True, "options": {"freezing": True}}
+_FROZEN_GRAPHS = {"fullgraph": True, "options": {"freezing": True, "triton.cudagraphs": True}}
 MODEL_PROVIDERS: dict[str, tuple[str, dict, dict | None]] = {
     "transformers eager": ("transformers", {}, None),
     "transformers compiled": ("transformers", {}, {}),
@@ -342,8 +347,17 @@ MODEL_PROVIDERS: dict[str, tuple[str, dict, dict | None]] = {
     "ours fused all": ("ours", {"attn": "auto", "conv": "auto", "transformer": "auto"}, None),
     "ours fused all compiled": ("ours", {"attn": "auto", "conv": "auto", "transformer": "auto"}, {"fullgraph": True}),
     "ours fused all compiled reduce-overhead": ("ours", {"attn": "auto", "conv": "auto", "transformer": "auto"}, {"fullgraph": True, "mode": "reduce-overhead"}),
+    "ours fused all compiled frozen": ("ours", {"attn": "auto", "conv": "auto", "transformer": "auto"}, _FROZEN),
+    "ours fused all compiled frozen cudagraphs": ("ours", {"attn": "auto", "conv": "auto", "transformer": "auto"}, _FROZEN_GRAPHS),
+    "transformers compiled frozen cudagraphs": ("transformers", {}, {"options": _FROZEN_GRAPHS["options"]}),
 }
 _INFERENCE_ONLY_OPTIONS = ("conv", "transformer")
+
+
+def _inference_only(provider: str) -> bool:
+    owner, options, compile_kwargs = MODEL_PROVIDERS[provider]
+    frozen = bool(compile_kwargs and compile_kwargs.get("options", {}).get("freezing"))
+    return frozen or any(k in options for k in _INFERENCE_ONLY_OPTIONS)
 
 
 def default_model_providers(device: torch.device, training: bool, compiled: bool, reduce_overhead: bool) -> list[str]:
@@ -486,8 +500,8 @@ def model_cases(
     baseline_name = baseline if baseline in providers else "ours eager"
     cases = []
     for provider in providers:
-        if training and any(k in MODEL_PROVIDERS[provider][1] for k in _INFERENCE_ONLY_OPTIONS):
-            raise ValueError(f"provider {provider!r} uses inference-only fusions; it has no training step")
+        if training and _inference_only(provider):
+            raise ValueError(f"provider {provider!r} is inference-only (fusions or freezing); it has no training step")
         if provider.startswith("transformers"):
             try:
                 import transformers  # noqa: F401
@@ -567,10 +581,12 @@ def target_cases(device: torch.device, quick: bool = False) -> list[Case]:
         )
     # Ordered by what the targets need most and by compile time (a time limit keeps what ran first).
     cases = model_cases(1.0, 256, low, device, baseline="transformers compiled",
-                        providers=["transformers compiled", "transformers eager"] + best + [f"{best[0]} compiled"])
+                        providers=["transformers compiled", "transformers eager"] + best
+                        + [f"{best[0]} compiled", f"{best[0]} compiled frozen"])
     cases += model_cases(1.0, 1, low, device, baseline="transformers compiled reduce-overhead",
-                         providers=["transformers compiled reduce-overhead", best[0]]
-                         + [f"{p} compiled reduce-overhead" for p in best[:2]])
+                         providers=["transformers compiled reduce-overhead", best[0],
+                                    f"{best[0]} compiled frozen cudagraphs", f"{best[0]} compiled reduce-overhead",
+                                    "transformers compiled frozen cudagraphs", f"{best[1]} compiled reduce-overhead"])
     cases += model_cases(1.0, 32, low, device, size=512, task="segmentation", output_stride=16,
                          providers=["transformers eager"] + best)
     for dim, n in ((128, 256), (192, 64), (256, 16)):  # width 1.0's three stages at 256x256
