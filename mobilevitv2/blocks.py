@@ -128,7 +128,16 @@ class MobileViTV2Transformer(nn.Module):
 
 
 class MobileViTV2Layer(nn.Module):
-    """One stage of stages 3-5: down-sampling inverted residual, then the MobileViTV2 block."""
+    """One stage of stages 3-5: down-sampling inverted residual, then the MobileViTV2 block.
+
+    ``fused_backend`` (set by the model's ``set_conv_implementation``, like the inverted residuals') runs the
+    block's local representation, depthwise kxk + BatchNorm + SiLU then the 1x1 to d, as one
+    ``mobilevitv2::inverted_residual`` without expand conv (BatchNorm folded at every call), at inference
+    only and only where that is the same function (3x3 depthwise, BatchNorm on running statistics, SiLU,
+    a plain 1x1 after it).
+    """
+
+    fused_backend: str | None = None
 
     def __init__(
         self,
@@ -170,11 +179,34 @@ class MobileViTV2Layer(nn.Module):
             return x
         return F.interpolate(x, size=size, mode="bilinear", align_corners=True)
 
+    def _local_fused_applies(self, x: torch.Tensor) -> bool:
+        if not fused_inference_applies(self, x):
+            return False
+        conv, norm, act = self.conv_kxk.convolution, self.conv_kxk.normalization, self.conv_kxk.activation
+        if conv.kernel_size != (3, 3) or conv.stride != (1, 1) or conv.groups != conv.in_channels or conv.bias is not None:
+            return False
+        if norm is None or norm.running_mean is None or not isinstance(act, nn.SiLU):
+            return False
+        return self.conv_1x1.normalization is None and self.conv_1x1.activation is None
+
+    def _local_representation(self, x: torch.Tensor) -> torch.Tensor:
+        """depthwise kxk + BN + SiLU, then the 1x1 to d: (B, C, H, W) -> (B, d, H, W)."""
+        if not self._local_fused_applies(x):
+            return self.conv_1x1(self.conv_kxk(x))
+        w_dw, b_dw = mobilevitv2_kernels.fold_batchnorm(self.conv_kxk.convolution.weight, self.conv_kxk.normalization)
+        pointwise = self.conv_1x1.convolution
+        w_pw = pointwise.weight.flatten(1)
+        b_pw = pointwise.bias if pointwise.bias is not None else w_pw.new_zeros(w_pw.shape[0])
+        return mobilevitv2_kernels.inverted_residual(
+            x, None, None, w_dw, b_dw, w_pw, b_pw,
+            stride=1, dilation=self.conv_kxk.convolution.dilation[0], backend=self.fused_backend,
+        )  # fmt: skip
+
     def forward(self, x: torch.Tensor, backend: str = EAGER) -> torch.Tensor:
         x = self.downsampling_layer(x)  # (B, C, H, W)
         if self.resize_to_patch_multiple:
             x = self._resize_up_to_patch_multiple(x)
-        x = self.conv_1x1(self.conv_kxk(x))  # (B, d, H, W)
+        x = self._local_representation(x)  # (B, d, H, W)
         size = (x.shape[-2], x.shape[-1])
         if backend == EAGER:
             patches = reference.unfold_forward(x, *self.patch_size)  # (B, d, P, N)

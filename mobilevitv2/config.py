@@ -14,7 +14,8 @@ transformers. These fields are this package's own:
 * ``attn_implementation``: which implementation runs the blocks' patching and attention: ``"eager"``
   (reference PyTorch), ``"triton"``, ``"cuda"`` or ``"auto"`` (fastest available for the device the model
   runs on). A runtime choice, so it is not written to ``config.json``.
-* ``conv_implementation``: how the MobileNetV2 inverted-residual blocks run at inference: ``"eager"``
+* ``conv_implementation``: how the MobileNetV2 inverted-residual blocks (and the MobileViTV2 blocks' local
+  depthwise 3x3 + 1x1 convs) run at inference: ``"eager"``
   (default: conv, BatchNorm and SiLU modules), ``"triton"`` (the fused ``mobilevitv2::inverted_residual``
   op, BatchNorm folded into the convs) or ``"auto"`` (the fused op on CUDA inputs, eager elsewhere). The
   fused op is inference-only: in training mode, or whenever a gradient is needed, the blocks run eagerly.

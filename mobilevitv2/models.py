@@ -46,10 +46,10 @@ def check_attn_implementation(name: str, device: torch.device | str | None = Non
         )
 
 
-# The inference-only fusions: option name -> (the op it uses, the module class that carries its backend).
-FUSED_OPTIONS: dict[str, tuple[str, type[nn.Module]]] = {
-    "conv_implementation": ("inverted_residual", MobileViTV2InvertedResidual),
-    "transformer_implementation": ("transformer_layer", MobileViTV2TransformerLayer),
+# The inference-only fusions: option name -> (the op it uses, the module classes that carry its backend).
+FUSED_OPTIONS: dict[str, tuple[str, tuple[type[nn.Module], ...]]] = {
+    "conv_implementation": ("inverted_residual", (MobileViTV2InvertedResidual, MobileViTV2Layer)),
+    "transformer_implementation": ("transformer_layer", (MobileViTV2TransformerLayer,)),
 }
 
 
@@ -118,13 +118,14 @@ class MobileViTV2PreTrainedModel(nn.Module):
         return self.config.attn_implementation
 
     def set_conv_implementation(self, name: str, check: bool = True) -> "MobileViTV2PreTrainedModel":
-        """Choose how the MobileNetV2 inverted residuals run: "eager" (conv, BatchNorm, SiLU modules),
-        "triton" (the fused inference op, BatchNorm folded into the convs), or "auto" (the fused op for CUDA
-        inputs, eager elsewhere). The fused op runs only in eval mode when no gradient is needed; training
-        (and eval with gradients) always takes the eager path. The stem (a plain 3x3 conv + BN + SiLU) and
-        the MobileViTV2 blocks' local convs stay eager. The choice is stored on every inverted residual now,
-        nothing is read from globals in ``forward``. Raises a clear error if the choice cannot run here.
-        Returns the model."""
+        """Choose how the MobileNetV2 inverted residuals and the MobileViTV2 blocks' local convs (depthwise
+        3x3 + BN + SiLU, then the 1x1 to d) run: "eager" (conv, BatchNorm, SiLU modules), "triton" (the
+        fused inference op ``mobilevitv2::inverted_residual``, BatchNorm folded into the convs; without
+        expand conv for the local convs), or "auto" (the fused op for CUDA inputs, eager elsewhere). The
+        fused op runs only in eval mode when no gradient is needed; training (and eval with gradients)
+        always takes the eager path. The stem (a plain 3x3 conv + BN + SiLU) stays eager. The choice is
+        stored on every module concerned now, nothing is read from globals in ``forward``. Raises a clear
+        error if the choice cannot run here. Returns the model."""
         return self._set_fused_implementation("conv_implementation", name, check)
 
     @property

@@ -1,12 +1,15 @@
 """The fused inverted-residual op (inference only): schema, input checks, fake kernel, dispatch to a backend.
 
-``mobilevitv2::inverted_residual(Tensor x, Tensor w_expand, Tensor b_expand, Tensor w_dw, Tensor b_dw,
+``mobilevitv2::inverted_residual(Tensor x, Tensor? w_expand, Tensor? b_expand, Tensor w_dw, Tensor b_dw,
 Tensor w_reduce, Tensor b_reduce, int stride, int dilation, bool residual, str backend) -> Tensor`` is the
 MobileNetV2 block with BatchNorm folded into the weights (:func:`mobilevitv2_kernels.folding.fold_batchnorm`):
 
-    h = SiLU(conv1x1(x, w_expand) + b_expand)
+    h = SiLU(conv1x1(x, w_expand) + b_expand)       (skipped when w_expand and b_expand are None: h = x)
     h = SiLU(depthwise3x3(h, w_dw, stride, padding=dilation, dilation) + b_dw)
     y = conv1x1(h, w_reduce) + b_reduce (+ x if residual)
+
+Without the expand conv (MobileNetV2's expansion ratio 1) it is a depthwise-separable conv: the model uses
+that form for the MobileViTV2 blocks' local representation (depthwise 3x3 + BN + SiLU, then the 1x1 to d).
 
 Inference only: the op has no derivative. Its autograd registration only refuses: calling it with grad
 mode on and an input that requires grad raises ``RuntimeError`` at call time (not later in ``backward``).
@@ -40,8 +43,8 @@ def output_memory_format(x: torch.Tensor) -> torch.memory_format:
 
 def check_inputs(
     x: torch.Tensor,
-    w_expand: torch.Tensor,
-    b_expand: torch.Tensor,
+    w_expand: torch.Tensor | None,
+    b_expand: torch.Tensor | None,
     w_dw: torch.Tensor,
     b_dw: torch.Tensor,
     w_reduce: torch.Tensor,
@@ -53,24 +56,27 @@ def check_inputs(
     """Validate the op's arguments; return the output shape (B, C_out, ceil(H/stride), ceil(W/stride))."""
     if x.dim() != 4:
         raise ValueError(f"inverted_residual expects x of shape (B, C_in, H, W), got shape {tuple(x.shape)}")
+    if (w_expand is None) != (b_expand is None):
+        raise ValueError("inverted_residual: w_expand and b_expand must both be given or both be None (no expand conv)")
     named = {"x": x, "w_expand": w_expand, "b_expand": b_expand, "w_dw": w_dw, "b_dw": b_dw,
              "w_reduce": w_reduce, "b_reduce": b_reduce}  # fmt: skip
+    named = {name: t for name, t in named.items() if t is not None}
     for name, t in named.items():
         if t.dtype not in _FLOAT_DTYPES:
             raise TypeError(f"inverted_residual: {name} must be floating point (float32/16, bfloat16), got {t.dtype}")
         if t.device != x.device:
             raise ValueError(f"inverted_residual: {name} is on {t.device} but x is on {x.device}")
     B, C_in, H, W = x.shape
-    if w_expand.dim() != 2 or w_expand.shape[1] != C_in:
+    if w_expand is not None and (w_expand.dim() != 2 or w_expand.shape[1] != C_in):
         raise ValueError(f"w_expand must be (E, C_in={C_in}), got shape {tuple(w_expand.shape)}")
-    E = w_expand.shape[0]
+    E = C_in if w_expand is None else w_expand.shape[0]
     if tuple(w_dw.shape) not in ((E, 9), (E, 1, 3, 3)):
         raise ValueError(f"w_dw must be (E={E}, 9) or (E, 1, 3, 3), got shape {tuple(w_dw.shape)}")
     if w_reduce.dim() != 2 or w_reduce.shape[1] != E:
         raise ValueError(f"w_reduce must be (C_out, E={E}), got shape {tuple(w_reduce.shape)}")
     C_out = w_reduce.shape[0]
     for name, bias, n in (("b_expand", b_expand, E), ("b_dw", b_dw, E), ("b_reduce", b_reduce, C_out)):
-        if tuple(bias.shape) != (n,):
+        if bias is not None and tuple(bias.shape) != (n,):
             raise ValueError(f"{name} must be ({n},), got shape {tuple(bias.shape)}")
     if stride not in (1, 2):
         raise ValueError(f"inverted_residual supports stride 1 or 2, got {stride}")
@@ -86,8 +92,8 @@ def check_inputs(
 @torch.library.custom_op("mobilevitv2::inverted_residual", mutates_args=())
 def _inverted_residual(
     x: torch.Tensor,
-    w_expand: torch.Tensor,
-    b_expand: torch.Tensor,
+    w_expand: torch.Tensor | None,
+    b_expand: torch.Tensor | None,
     w_dw: torch.Tensor,
     b_dw: torch.Tensor,
     w_reduce: torch.Tensor,
@@ -134,8 +140,8 @@ _inverted_residual.register_autograd(_no_backward, setup_context=_refuse_autogra
 
 def inverted_residual(
     x: torch.Tensor,
-    w_expand: torch.Tensor,
-    b_expand: torch.Tensor,
+    w_expand: torch.Tensor | None,
+    b_expand: torch.Tensor | None,
     w_dw: torch.Tensor,
     b_dw: torch.Tensor,
     w_reduce: torch.Tensor,
@@ -149,7 +155,8 @@ def inverted_residual(
 
     Args:
         x: (B, C_in, H, W) float32/float16/bfloat16 (float64 on the reference backend), any strides.
-        w_expand, b_expand: (E, C_in), (E,): the 1x1 expand conv (SiLU after it).
+        w_expand, b_expand: (E, C_in), (E,): the 1x1 expand conv (SiLU after it); both None for a block
+            without it (E = C_in: the depthwise conv reads x, as in a depthwise-separable conv).
         w_dw, b_dw: (E, 9) or (E, 1, 3, 3), (E,): the depthwise 3x3 conv (SiLU after it), with ``stride``
             (1 or 2), ``dilation`` and padding = dilation; out-of-image taps see a zero *expanded* value.
         w_reduce, b_reduce: (C_out, E), (C_out,): the 1x1 reduce conv (no activation).

@@ -74,8 +74,8 @@ def fold_forward(patches: torch.Tensor, height: int, width: int, patch_h: int, p
 
 def inverted_residual_forward(
     x: torch.Tensor,
-    w_expand: torch.Tensor,
-    b_expand: torch.Tensor,
+    w_expand: torch.Tensor | None,
+    b_expand: torch.Tensor | None,
     w_dw: torch.Tensor,
     b_dw: torch.Tensor,
     w_reduce: torch.Tensor,
@@ -86,7 +86,7 @@ def inverted_residual_forward(
 ) -> torch.Tensor:
     """MobileNetV2 inverted residual with BatchNorm folded into the weights, computed in ``x``'s dtype:
 
-    h = SiLU(conv1x1(x, w_expand) + b_expand)                                  (B, E, H, W)
+    h = SiLU(conv1x1(x, w_expand) + b_expand)                                  (B, E, H, W); h = x if None
     h = SiLU(depthwise3x3(h, w_dw, stride, padding=dilation, dilation) + b_dw)  (B, E, ceil(H/s), ceil(W/s))
     y = conv1x1(h, w_reduce) + b_reduce (+ x when ``residual``)                 (B, C_out, ...)
 
@@ -95,8 +95,11 @@ def inverted_residual_forward(
     error is measured against).
     """
     dtype = x.dtype
-    E, C_in = w_expand.shape
-    h = F.silu(F.conv2d(x, w_expand.to(dtype).reshape(E, C_in, 1, 1), b_expand.to(dtype)))
+    E = w_dw.shape[0]
+    if w_expand is None:
+        h = x
+    else:
+        h = F.silu(F.conv2d(x, w_expand.to(dtype).reshape(E, x.shape[1], 1, 1), b_expand.to(dtype)))
     h = F.conv2d(
         h, w_dw.to(dtype).reshape(E, 1, 3, 3), b_dw.to(dtype), stride=stride, padding=dilation, dilation=dilation, groups=E
     )

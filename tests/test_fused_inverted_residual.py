@@ -119,6 +119,25 @@ def test_reference_equals_eager_module(c_in, c_out, stride, dilation):
     assert_close_fp32(got, expected, "folded reference vs eager module")
 
 
+@pytest.mark.parametrize("dilation", [1, 2])
+def test_reference_without_expand_equals_local_convs(dilation):
+    """The MobileViTV2 block's local representation (depthwise 3x3 + BN + SiLU, then a bias-free 1x1) is
+    the op without its expand conv."""
+    from mobilevitv2.blocks import MobileViTV2Layer
+
+    config = MobileViTV2Config(dilate_local_conv=True)
+    layer = randomize_(MobileViTV2Layer(config, 8, 16, attn_unit_dim=16, n_attn_blocks=1, dilation=dilation)).eval()
+    x = torch.randn(2, 16, 9, 7)
+    w_dw, b_dw = mk.fold_batchnorm(layer.conv_kxk.convolution.weight, layer.conv_kxk.normalization)
+    w_pw = layer.conv_1x1.convolution.weight.flatten(1)
+    with torch.no_grad():
+        expected = layer.conv_1x1(layer.conv_kxk(x))
+        got = reference.inverted_residual_forward(x, None, None, w_dw, b_dw, w_pw, torch.zeros(16), 1, dilation, False)
+    assert layer.conv_kxk.convolution.dilation == (dilation, dilation)
+    assert_nontrivial(expected, "eager local convs")
+    assert_close_fp32(got, expected, "reference without expand vs local convs")
+
+
 def test_fold_batchnorm():
     module = eager_block(8, 16, 2, 1)
     bn = module.conv_3x3.normalization
@@ -202,6 +221,34 @@ def test_halo_kernel_matches_reference(device, dtype, B, c_in, e, c_out, H, W, s
     result = inverted_residual_forward(x, *weights, stride, dilation, residual, out=out, variant="halo", **tiles)
     assert result.data_ptr() == out.data_ptr() and result.dtype == dtype
     assert_close(result, x, weights, stride, dilation, residual)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("B, c, c_out, H, W, stride, dilation, tiles", [
+    pytest.param(2, 24, 12, 7, 9, 1, 1, {}, id="odd-7x9"),
+    pytest.param(1, 20, 40, 6, 5, 2, 2, {}, id="s2-d2"),
+    pytest.param(2, 40, 24, 5, 6, 1, 1, dict(block_e=16, block_co=16, block_p=16), id="blocked"),
+])  # fmt: skip
+def test_kernel_without_expand_matches_reference(device, dtype, B, c, c_out, H, W, stride, dilation, tiles):
+    """No expand conv (E = C_in): the depthwise conv reads x itself; always the "recompute" kernel."""
+    from mobilevitv2_kernels.triton_kernels import inverted_residual_forward
+
+    x = torch.randn(B, c, H, W, device=device).to(dtype)
+    _, _, w_dw, b_dw, w_reduce, b_reduce = make_weights(c, c, c_out, device)
+    weights = (None, None, w_dw, b_dw, w_reduce, b_reduce)
+    out = torch.full((B, c_out, -(-H // stride), -(-W // stride)), float("nan"), dtype=dtype, device=device)
+    inverted_residual_forward(x, *weights, stride, dilation, False, out=out, **tiles)
+    expected = reference.inverted_residual_forward(x.double(), None, None, *(w.double() for w in weights[2:]),
+                                                   stride, dilation, False)  # fmt: skip
+    tol = TOLERANCES[dtype]
+    bound = tol["atol"] + tol["rtol"] * expected.abs().max().item()
+    if dtype != torch.float32:
+        own = reference.inverted_residual_forward(x, *weights, stride, dilation, False)
+        bound += tol["factor"] * (own.double() - expected).abs().max().item()
+    assert torch.isfinite(out).all() and expected.abs().max() > 0.5
+    assert (out.double() - expected).abs().max().item() <= bound
+    through_op = mk.inverted_residual(x, *weights, stride=stride, dilation=dilation, backend="triton")
+    assert (through_op.double() - expected).abs().max().item() <= bound
 
 
 def test_halo_scratch_in_x_dtype(device):
@@ -360,6 +407,10 @@ def test_bad_input(device):
         call(x, *w, dilation=0)
     with pytest.raises(ValueError, match="residual=True needs stride 1"):
         call(x, *w, stride=2, residual=True)
+    with pytest.raises(ValueError, match="both be given or both be None"):
+        call(x, w[0], None, *w[2:])
+    with pytest.raises(ValueError, match=r"w_dw must be \(E=8, 9\)"):  # no expand: E = C_in
+        call(x, None, None, *w[2:])
     with pytest.raises(ValueError, match="is on meta"):
         call(x, w[0].to("meta"), *w[1:])
     with pytest.raises(TypeError, match="float32, float16 and bfloat16"):
@@ -374,6 +425,9 @@ def test_bad_input(device):
         inverted_residual_forward(x, *w, 1, 1, False, out=torch.empty(2, 8, 3, 3, device=device))
     with pytest.raises(ValueError, match="power of two >= 16"):
         inverted_residual_forward(x, *w, 1, 1, False, block_e=8)
+    w8 = make_weights(8, 8, 8, device)
+    with pytest.raises(ValueError, match="'halo' variant needs an expand conv"):
+        inverted_residual_forward(x, None, None, *w8[2:], 1, 1, False, variant="halo")
     # empty batch: a correctly shaped empty result, no launch
     assert call(x[:0], *w, stride=2).shape == (0, 8, 3, 3)
 
@@ -446,9 +500,11 @@ def test_classification_fused_convs_match_eager(op_calls, kernel_variants):
     with torch.no_grad():
         expected = eager(x, output_hidden_states=True)
         got = fused(x, output_hidden_states=True)
-    assert op_calls == ["triton"] * 6  # stage 1 (1), stage 2 (2), down-sampling blocks of stages 3-5 (3)
-    # the automatic (provisional) rule: the halo kernel for the two stride-1 blocks, recompute for the rest
-    assert kernel_variants == [(1, "halo"), (2, "recompute"), (1, "halo")] + [(2, "recompute")] * 3
+    # stage 1 (1), stage 2 (2), then per stage 3-5 the down-sampling block and the local convs (no expand)
+    assert op_calls == ["triton"] * 9
+    # the automatic (provisional) rule: the halo kernel for the two stride-1 blocks, recompute for the rest;
+    # the local convs (no expand conv) always run recompute
+    assert kernel_variants == [(1, "halo"), (2, "recompute"), (1, "halo")] + [(2, "recompute"), (1, "recompute")] * 3
     assert_nontrivial(expected.logits, "eager logits")
     assert_close_fp32(got.logits, expected.logits, "logits")
     for i, (g, e) in enumerate(zip(got.hidden_states, expected.hidden_states)):
@@ -466,10 +522,11 @@ def test_segmentation_dilated_blocks_match_eager(op_calls, kernel_variants, outp
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         expected, got = eager(x).logits, fused(x).logits
-    assert len(op_calls) == 6
-    # stride-1 blocks (dilated under OS 8/16) run the halo kernel
+    assert len(op_calls) == 9  # six inverted residuals, three local convs
+    # stride-1 inverted residuals (dilated under OS 8/16) run the halo kernel, the local convs recompute
     assert [v for _, v in kernel_variants].count("halo") == (4 if output_stride == 8 else 3)
-    assert all(v == ("halo" if s == 1 else "recompute") for s, v in kernel_variants)
+    assert [v for _, v in kernel_variants].count("recompute") == 9 - (4 if output_stride == 8 else 3)
+    assert all(v == "recompute" for s, v in kernel_variants if s == 2)
     assert_nontrivial(expected, "eager segmentation logits")
     assert_close_fp32(got, expected, "segmentation logits")
 
@@ -514,7 +571,7 @@ def test_folding_follows_weight_changes(op_calls):
             block.conv_3x3.normalization.running_var.mul_(3.0)
             block.reduce_1x1.convolution.weight.mul_(-1.0)
         expected, got = eager(x).logits, fused(x).logits
-    assert len(op_calls) == 12
+    assert len(op_calls) == 18  # 2 forwards x (6 inverted residuals + 3 local convs)
     assert max_abs_diff(first, expected) > 1e-2  # the change matters ...
     assert_close_fp32(got, expected, "logits after the change")  # ... and the fused model sees it
 
@@ -538,7 +595,7 @@ def test_compile_fullgraph_with_fused_convs():
     with torch.no_grad():
         got = compiled(x).logits
         expected = eager(x).logits
-    assert sum(t == "mobilevitv2.inverted_residual" for t in targets) == 6
+    assert sum(t == "mobilevitv2.inverted_residual" for t in targets) == 9  # 6 blocks + 3 local convs
     assert_close_fp32(got, expected, "compiled logits")
 
 
@@ -586,14 +643,16 @@ import torch
 from sm90_compile_script import compile_for_sm90
 from mobilevitv2_kernels.triton_kernels import inverted_residual as ir
 
-def compile_for_hopper(variant, dtype, B, c_in, e, c_out, H, W, stride, dilation, residual):
+def compile_for_hopper(variant, dtype, B, c_in, e, c_out, H, W, stride, dilation, residual, expand=True):
     # The launch the launcher would make for these shapes (meta tensors: no memory, real strides).
     x = torch.empty(B, c_in, H, W, dtype=dtype, device="meta")
     out = torch.empty(B, c_out, -(-H // stride), -(-W // stride), dtype=dtype, device="meta")
     w = [torch.empty(e, c_in, dtype=dtype, device="meta"), torch.empty(e, device="meta"),
          torch.empty(e, 9, device="meta"), torch.empty(e, device="meta"),
          torch.empty(c_out, e, dtype=dtype, device="meta"), torch.empty(c_out, device="meta")]
-    cfg = ir.launch_config(dtype, c_in, e, c_out, variant=variant)
+    if not expand:  # the blocks' local convs: no expand conv, E = C_in
+        w[0] = w[1] = None
+    cfg = ir.launch_config(dtype, c_in, e, c_out, variant=variant, expand=expand)
     if variant == "recompute":
         kernel = ir._inverted_residual_fwd_kernel
         args, meta, _ = ir.kernel_arguments(x, *w, out, stride, dilation, residual, cfg)
@@ -603,7 +662,7 @@ def compile_for_hopper(variant, dtype, B, c_in, e, c_out, H, W, stride, dilation
         scratch = torch.empty(264, cfg["block_e"], halo_pad, device="meta")  # 2 x 132 SMs (H100 SXM)
         args, meta, _ = ir.halo_kernel_arguments(x, *w, out, scratch, stride, dilation, residual, cfg)
     usage = compile_for_sm90(kernel, args, meta)
-    print("compiled", variant, dtype, (c_in, e, c_out, H, W, stride, dilation, residual), cfg, usage)
+    print("compiled", variant, dtype, (c_in, e, c_out, H, W, stride, dilation, residual, expand), cfg, usage)
 
 # Width-1.0 blocks at 256x256 input, batch 256: layer.0, layer.1.0, layer.1.1, layer.2 and layer.4
 # down-sampling; a dilated block (OS 8); float32 (IEEE dots) and bfloat16; both variants.
@@ -616,6 +675,10 @@ for variant in ("recompute", "halo"):
     compile_for_hopper(variant, torch.bfloat16, 8, 256, 512, 384, 32, 32, 1, 2, False)
     compile_for_hopper(variant, torch.float32, 8, 128, 256, 256, 64, 64, 2, 1, False)
 compile_for_hopper("halo", torch.float32, 256, 128, 256, 128, 64, 64, 1, 1, True)  # float32 at stride 1
+# The local convs of the MobileViTV2 blocks (no expand): stages 3 and 5 at width 1.0; float32.
+compile_for_hopper("recompute", torch.float16, 256, 256, 256, 128, 32, 32, 1, 1, False, expand=False)
+compile_for_hopper("recompute", torch.float16, 256, 512, 512, 256, 8, 8, 1, 1, False, expand=False)
+compile_for_hopper("recompute", torch.float32, 8, 256, 256, 128, 32, 32, 1, 1, False, expand=False)
 """
 
 
@@ -625,7 +688,7 @@ def test_kernel_compiles_for_sm90():
     and (where Triton ships cuobjdump) check that ptxas spilled no registers. Runs in a subprocess because
     this process runs Triton in interpreter mode."""
     stdout = run_compile_script(_COMPILE_FOR_HOPPER)
-    assert stdout.count("compiled") == 15, stdout
+    assert stdout.count("compiled") == 18, stdout
 
 
 # ----------------------------------------------------------------------------------------------------------

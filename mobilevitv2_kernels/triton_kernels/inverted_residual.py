@@ -224,6 +224,7 @@ def _inverted_residual_fwd_kernel(
     STRIDE: tl.constexpr,  # depthwise stride, 1 or 2
     DILATION: tl.constexpr,  # depthwise dilation (= its padding)
     RESIDUAL: tl.constexpr,  # add x (STRIDE == 1 and C_IN == C_OUT)
+    HAS_EXPAND: tl.constexpr,  # False: no expand 1x1 (E == C_IN; the depthwise conv reads x itself)
     BLOCK_P: tl.constexpr,  # output pixels per program (N of both dots)
     BLOCK_K: tl.constexpr,  # input channels per expand-dot step (K of the expand dot)
     BLOCK_E: tl.constexpr,  # expanded channels per chunk (M of the expand dot, K of the reduce dot)
@@ -254,15 +255,20 @@ def _inverted_residual_fwd_kernel(
     for e0 in range(0, E, BLOCK_E):
         offs_e = e0 + offs_e0
         mask_e = offs_e < E
-        b_exp = tl.load(b_expand_ptr + offs_e * stride_be, mask=mask_e, other=0.0).to(tl.float32)
+        if HAS_EXPAND:
+            b_exp = tl.load(b_expand_ptr + offs_e * stride_be, mask=mask_e, other=0.0).to(tl.float32)
         dw = tl.zeros((BLOCK_E, BLOCK_P), dtype=tl.float32)
         for t in range(9):  # a loop, not unrolled: nine copies of the tap's pointers would all stay live
             ih = oh * STRIDE + (t // 3 - 1) * DILATION
             iw = ow * STRIDE + (t % 3 - 1) * DILATION
             inside = mask_p & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)  # (BLOCK_P,)
             x_tap = x_batch + (ih * stride_x_h + iw * stride_x_w)  # (BLOCK_P,) pointers; int32 offsets
-            h = _expand_silu(x_tap, inside, stride_x_c, C_IN, w_expand_ptr, stride_we_e, stride_we_k, b_exp,
-                             offs_e, mask_e, BLOCK_K, DOT_PRECISION, DOT_FP32)  # fmt: skip
+            if HAS_EXPAND:
+                h = _expand_silu(x_tap, inside, stride_x_c, C_IN, w_expand_ptr, stride_we_e, stride_we_k, b_exp,
+                                 offs_e, mask_e, BLOCK_K, DOT_PRECISION, DOT_FP32)  # fmt: skip
+            else:  # the depthwise conv of x itself: channels e of x at the tap, 0 outside the image
+                h = tl.load(x_tap[None, :] + offs_e[:, None] * stride_x_c, mask=mask_e[:, None] & inside[None, :],
+                            other=0.0).to(tl.float32)  # fmt: skip
             w_tap = tl.load(w_dw_ptr + offs_e * stride_wd_e + t * stride_wd_t, mask=mask_e, other=0.0)
             dw += h * w_tap.to(tl.float32)[:, None]
         acc = _reduce_step(acc, dw, offs_e, mask_e, b_dw_ptr, stride_bd, w_reduce_ptr, stride_wr_c, stride_wr_e,
@@ -406,6 +412,7 @@ def launch_config(
     c_out: int,
     *,
     variant: str = "recompute",
+    expand: bool = True,
     block_p: int | None = None,
     block_k: int | None = None,
     block_e: int | None = None,
@@ -418,8 +425,8 @@ def launch_config(
 ) -> dict[str, int | str]:
     """The tiles, warps and pipeline stages the launcher uses for these channel counts and ``variant``
     ("recompute" or "halo"; any given value overrides the heuristic). ``block_p`` belongs to "recompute",
-    ``tile_h``, ``tile_w`` and ``block_hp`` to "halo". Exposed so that the sm_90 compile test checks
-    exactly these configurations."""
+    ``tile_h``, ``tile_w`` and ``block_hp`` to "halo"; ``expand=False`` is a block without expand conv.
+    Exposed so that the sm_90 compile test checks exactly these configurations."""
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
     block_k = _check_tile("block_k", block_k or _block(c_in, 64))
@@ -434,7 +441,8 @@ def launch_config(
     # 128 for float32, whose IEEE dots need more registers (256 spills there; see the module docstring), and
     # 128 beyond 256 output channels, which take several blocks anyway: Triton 3.6 (the GPU image's) spills
     # at 256 for layer.4's 384 -> 768 -> 512 block where 3.8 does not.
-    wide = 128 < c_out <= 256 and dtype != torch.float32
+    # Without an expand conv there is nothing to repeat per channel block (the taps are loads), so 128.
+    wide = 128 < c_out <= 256 and dtype != torch.float32 and expand
     block_co = _check_tile("block_co", block_co or _block(c_out, 256 if wide else 128))
     cfg: dict[str, int | str] = dict(variant=variant, block_k=block_k, block_e=block_e, block_co=block_co)
     if variant == "recompute":
@@ -493,12 +501,14 @@ def _max_offset(t: torch.Tensor) -> int:
 
 
 def _tensor_args(x, w_expand, b_expand, w_dw, b_dw, w_reduce, b_reduce, out) -> tuple:
-    """Strides and sizes both kernels take after their pointers, in their common order."""
+    """Strides and sizes both kernels take after their pointers, in their common order (w_expand and
+    b_expand None: no expand conv, E = C_in)."""
     B, C_in, H, W = x.shape
+    expand_strides = (0, 0, 0) if w_expand is None else (*w_expand.stride(), b_expand.stride(0))
     return (
-        *x.stride(), *w_expand.stride(), b_expand.stride(0), *w_dw.stride(), b_dw.stride(0),
+        *x.stride(), *expand_strides, *w_dw.stride(), b_dw.stride(0),
         *w_reduce.stride(), b_reduce.stride(0), *out.stride(),
-        C_in, w_expand.shape[0], w_reduce.shape[0], H, W, out.shape[2], out.shape[3],
+        C_in, w_dw.shape[0], w_reduce.shape[0], H, W, out.shape[2], out.shape[3],
     )  # fmt: skip
 
 
@@ -523,18 +533,20 @@ def _common_meta(x, stride, dilation, residual, cfg) -> dict:
 
 def kernel_arguments(x, w_expand, b_expand, w_dw, b_dw, w_reduce, b_reduce, out, stride, dilation, residual, cfg):
     """(positional arguments, constexprs and launch options, grid) of one "recompute" kernel launch, for
-    tensors already prepared by :func:`inverted_residual_forward` (1x1 weights in x's dtype, w_dw as (E, 9)).
-    Separate so that the sm_90 compile test specialises the kernel exactly as the JIT does for real
-    arguments."""
+    tensors already prepared by :func:`inverted_residual_forward` (1x1 weights in x's dtype, w_dw as (E, 9);
+    w_expand and b_expand None for a block without expand conv). Separate so that the sm_90 compile test
+    specialises the kernel exactly as the JIT does for real arguments."""
     num_co_blocks = triton.cdiv(w_reduce.shape[0], cfg["block_co"])
     num_pixels = x.shape[0] * out.shape[2] * out.shape[3]
     grid = (triton.cdiv(num_pixels, cfg["block_p"]) * num_co_blocks,)
+    has_expand = w_expand is not None
     args = (
-        x, w_expand, b_expand, w_dw, b_dw, w_reduce, b_reduce, out,
+        x, w_expand if has_expand else w_dw, b_expand if has_expand else b_dw, w_dw, b_dw, w_reduce, b_reduce, out,
         *_tensor_args(x, w_expand, b_expand, w_dw, b_dw, w_reduce, b_reduce, out), num_pixels, num_co_blocks,
     )  # fmt: skip
     meta = _common_meta(x, stride, dilation, residual, cfg)
     meta["BLOCK_P"] = cfg["block_p"]
+    meta["HAS_EXPAND"] = has_expand
     return args, meta, grid
 
 
@@ -597,9 +609,13 @@ def inverted_residual_forward(
     (halo: float32, or x's dtype to halve the scratch), ``num_warps`` and ``num_stages`` override the
     heuristics of :func:`launch_config` (for benchmarks and tests).
     """
+    if w_expand is None:  # no expand conv: only the "recompute" kernel (there is nothing to expand once)
+        if variant == "halo":
+            raise ValueError("the 'halo' variant needs an expand conv; a block without one runs 'recompute'")
+        variant = "recompute"
     variant = choose_variant(stride, variant)
     B, C_in, H, W = x.shape
-    E = w_expand.shape[0]
+    E = w_dw.shape[0]
     C_out = w_reduce.shape[0]
     H_out, W_out = (H + stride - 1) // stride, (W + stride - 1) // stride
     shape = (B, C_out, H_out, W_out)
@@ -611,7 +627,7 @@ def inverted_residual_forward(
             f"{tuple(out.shape)} on {out.device}"
         )
     cfg = launch_config(
-        x.dtype, C_in, E, C_out, variant=variant, block_p=block_p, block_k=block_k, block_e=block_e,
+        x.dtype, C_in, E, C_out, variant=variant, expand=w_expand is not None, block_p=block_p, block_k=block_k, block_e=block_e,
         block_co=block_co, tile_h=tile_h, tile_w=tile_w, block_hp=block_hp, num_warps=num_warps,
         num_stages=num_stages,
     )  # fmt: skip
@@ -622,7 +638,7 @@ def inverted_residual_forward(
     # The two 1x1 weights feed the dots: in x's dtype, contiguous (a no-op when they already are; otherwise
     # a copy of E x C elements, nothing next to the activations). Their unit inner stride lets the loads
     # vectorize, which keeps the weight tiles' pointers out of the register budget.
-    w_expand = w_expand.to(x.dtype).contiguous()
+    w_expand = None if w_expand is None else w_expand.to(x.dtype).contiguous()
     w_reduce = w_reduce.to(x.dtype).contiguous()
     w_dw = w_dw.reshape(E, 9)  # a view for (E, 1, 3, 3) weights of the usual strides
     tensors = (x, w_expand, b_expand, w_dw, b_dw, w_reduce, b_reduce, out)
