@@ -165,21 +165,26 @@ def test_pieces_write_every_element(device):
     B, d, P, N, F = 2, 24, 4, 40, 48
     x = make_input(B, d, P, N, device)
     x64 = x.double()
-    for num_chunks in (1, 3):
-        mean, rstd = tk.sample_statistics(x, 1e-5, num_chunks=num_chunks)
-        torch.testing.assert_close(mean.double(), x64.mean((1, 2, 3)), rtol=1e-6, atol=1e-6)
-        torch.testing.assert_close(rstd.double(), (x64.var((1, 2, 3), unbiased=False) + 1e-5).rsqrt(), rtol=1e-6, atol=0)
+    mean64, rstd64 = x64.mean((1, 2, 3)), (x64.var((1, 2, 3), unbiased=False) + 1e-5).rsqrt()
+    for num_chunks in (1, 4):  # the chunks' moments, combined as the consumer kernels do (Chan et al.)
+        count, chunk_mean, centred = tk.sample_moments(x, num_chunks=num_chunks).double().unbind(-1)
+        assert count.shape == (B, num_chunks) and (count.sum(1) == d * P * N).all()
+        mean = (count * chunk_mean).sum(1) / (d * P * N)
+        variance = (centred.sum(1) + (count * (chunk_mean - mean[:, None]) ** 2).sum(1)) / (d * P * N)
+        torch.testing.assert_close(mean, mean64, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close((variance + 1e-5).rsqrt(), rstd64, rtol=1e-6, atol=0)
+    moments = tk.sample_moments(x, num_chunks=4)
     wq = torch.randn(d, device=device)
     bq = torch.randn(1, device=device)
-    xbar = tk.score_mean(x, mean, rstd, wq, bq, out=torch.full((B, P, d), float("nan"), device=device), block_n=16)
-    xhat = (x64 - x64.mean((1, 2, 3), keepdim=True)) * rstd.double()[:, None, None, None]
+    xbar = tk.score_mean(x, moments, 1e-5, wq, bq, out=torch.full((B, P, d), float("nan"), device=device), block_n=16)
+    xhat = (x64 - mean64[:, None, None, None]) * rstd64[:, None, None, None]
     scores = torch.softmax(torch.einsum("c,bcpn->bpn", wq.double(), xhat) + bq.double(), dim=-1)
     torch.testing.assert_close(xbar.double(), torch.einsum("bpn,bcpn->bpc", scores, xhat), rtol=1e-5, atol=1e-5)
     gamma, beta = torch.rand(d, device=device) + 0.5, torch.randn(d, device=device)
     w1, b1 = torch.randn(F, d, device=device) / d**0.5, torch.randn(F, device=device)
     w2, b2 = torch.randn(d, F, device=device) / F**0.5, torch.randn(d, device=device)
     context = torch.randn(B, P, F, device=device)
-    out = tk.norm_mlp(x, mean, rstd, gamma, beta, w1, b1, context, w2, b2, "relu",
+    out = tk.norm_mlp(x, moments, 1e-5, gamma, beta, w1, b1, context, w2, b2, "relu",
                       out=torch.full_like(x, float("nan")), block_l=32, block_k=16, block_f=16)  # fmt: skip
     xn = xhat * gamma.double()[:, None, None] + beta.double()[:, None, None]
     hidden = torch.relu(torch.einsum("fc,bcpn->bfpn", w1.double(), xn) + b1.double()[:, None, None])
@@ -253,11 +258,13 @@ def test_bad_input(device):
         torch.ops.mobilevitv2.transformer_layer(x, *p, 1e-5, "cuda")
     from mobilevitv2_kernels.triton_kernels import transformer_layer as tk
 
-    mean, rstd = tk.sample_statistics(x, 1e-5)
+    moments = tk.sample_moments(x)
     with pytest.raises(ValueError, match="power of two >= 16"):
-        tk.norm_mlp(x, mean, rstd, p[0], p[1], p[8], p[9], None, p[10], p[11], "silu", block_f=24)
+        tk.norm_mlp(x, moments, 1e-5, p[0], p[1], p[8], p[9], None, p[10], p[11], "silu", block_f=24)
     with pytest.raises(ValueError, match="out must be"):
-        tk.norm_mlp(x, mean, rstd, p[0], p[1], p[8], p[9], None, p[10], p[11], "silu", out=torch.empty(1, device=device))
+        tk.norm_mlp(x, moments, 1e-5, p[0], p[1], p[8], p[9], None, p[10], p[11], "silu", out=torch.empty(1, device=device))
+    with pytest.raises(ValueError, match=r"moments must be float32 \(B=2, chunks, 3\)"):
+        tk.norm_mlp(x, moments[:1], 1e-5, p[0], p[1], p[8], p[9], None, p[10], p[11], "silu")
     # an empty batch: a correctly shaped empty result, no launch
     assert call(x[:0]).shape == (0, 16, 4, 6)
 
@@ -409,13 +416,13 @@ def meta(*shape, dtype=torch.float32):
 
 def compile_layer(dtype, B, d, P, N, F):
     x, out = meta(B, d, P, N, dtype=dtype), meta(B, d, P, N, dtype=dtype)
-    stats, vec_d, vec_f = meta(B), meta(d), meta(F)
+    moments, vec_d, vec_f = meta(B, 8, 3), meta(d), meta(F)
     for activation, context in (("relu", meta(B, P, F)), ("silu", None)):
         cfg = tk.mlp_launch_config(dtype, d, F)
-        args, options, _ = tk.mlp_kernel_arguments(x, stats, stats, vec_d, vec_d, meta(F, d, dtype=dtype), vec_f,
+        args, options, _ = tk.mlp_kernel_arguments(x, moments, 1e-5, vec_d, vec_d, meta(F, d, dtype=dtype), vec_f,
                                                    context, meta(d, F, dtype=dtype), vec_d, out, activation, cfg)
         print("compiled norm_mlp", activation, dtype, (B, d, P, N, F), cfg, compile_for_sm90(tk._norm_mlp_kernel, args, options))
-    args, options = tk.score_mean_kernel_arguments(x, stats, stats, vec_d, meta(1), meta(B, P, d))
+    args, options = tk.score_mean_kernel_arguments(x, moments, 1e-5, vec_d, meta(1), meta(B, P, d))
     print("compiled score_mean", dtype, (B, d, P, N), compile_for_sm90(tk._score_mean_kernel, args, options))
     args, options = tk.moments_kernel_arguments(x, meta(B, 4, 3), 4, 1024)
     print("compiled moments", dtype, (B, d, P, N), compile_for_sm90(tk._sample_moments_kernel, args, options))

@@ -14,10 +14,12 @@ Two identities remove most of the work of the unfused layer:
   normalised input: context = W_k' xbar + b_k' with xbar[b, :, p] = sum_n s[b,p,n] xhat[b,:,p,n]. The d x d
   key projection over all L pixels becomes one over B * P vectors.
 
-Kernels (five launches per layer, plus the folding and the (B*P, d) x (d, d) context product in PyTorch):
+Kernels (five launches per layer, plus the folding and the (B*P, d) x (d, d) context product in PyTorch;
+under ``torch.compile`` with Inductor's freezing the folding is done once, at compile time):
 
 1. ``_sample_moments_kernel``: per (sample, chunk) the count, mean and centred sum of squares (two passes
-   over the chunk, the second from L1/L2), float32; the launcher combines the chunks (Chan et al.).
+   over the chunk, the second from L1/L2), float32. Its consumers combine a sample's chunks themselves
+   (Chan et al.'s pairwise formula, no E[x^2] - E[x]^2) in their prologue, so no PyTorch op runs between.
 2. ``_score_mean_kernel``: one program per (b, p): streams the N columns once, computing the scores and
    an online (max-subtracted) softmax-weighted sum of the normalised columns: xbar (B, P, d) float32.
 3. ``_norm_mlp_kernel`` (attention half): per (sample, tile of BLOCK_L pixels): for each BLOCK_F chunk of
@@ -85,23 +87,38 @@ def _sample_moments_kernel(
 
 
 @triton.jit
+def _sample_mean_rstd(moments_ptr, b, NUM_CHUNKS, PER_SAMPLE, eps, BLOCK_C: tl.constexpr):
+    """Sample b's mean and 1/sqrt(var + eps) from its chunks' (count, mean, centred sum of squares)."""
+    offs = tl.arange(0, BLOCK_C)
+    mask = offs < NUM_CHUNKS
+    row = moments_ptr + (b * NUM_CHUNKS + offs) * 3
+    count = tl.load(row, mask=mask, other=0.0)
+    chunk_mean = tl.load(row + 1, mask=mask, other=0.0)
+    centred = tl.load(row + 2, mask=mask, other=0.0)
+    mean = tl.sum(count * chunk_mean, axis=0) / PER_SAMPLE
+    dev = tl.where(mask, chunk_mean - mean, 0.0)
+    variance = (tl.sum(centred, axis=0) + tl.sum(count * dev * dev, axis=0)) / PER_SAMPLE
+    return mean, tl.rsqrt(variance + eps)
+
+
+@triton.jit
 def _score_mean_kernel(
     x_ptr,  # (B, D, P, N), any strides
-    mean_ptr,  # (B,) float32 per-sample mean
-    rstd_ptr,  # (B,) float32 per-sample 1 / sqrt(var + eps)
+    moments_ptr,  # (B, NUM_CHUNKS, 3) float32 from _sample_moments_kernel
     wq_ptr,  # (D,) float32 query weights with GroupNorm's gamma folded in
     bq_ptr,  # (1,) float32 query bias with GroupNorm's beta folded in
     xbar_ptr,  # (B, P, D) float32 output: softmax-weighted mean of the normalised columns
     stride_b, stride_c, stride_p, stride_n,
     D, P, N,
+    NUM_CHUNKS, PER_SAMPLE, eps,  # the moments' chunks per sample, D * P * N (float), GroupNorm's epsilon
     BLOCK_D: tl.constexpr,  # >= D, a power of two
     BLOCK_N: tl.constexpr,
+    BLOCK_C: tl.constexpr,  # >= NUM_CHUNKS, a power of two
 ):  # fmt: skip
     pid = tl.program_id(0)  # b * P + p
     b = pid // P
     p = pid % P
-    mean = tl.load(mean_ptr + b)
-    rstd = tl.load(rstd_ptr + b)
+    mean, rstd = _sample_mean_rstd(moments_ptr, b, NUM_CHUNKS, PER_SAMPLE, eps, BLOCK_C)
     offs_d = tl.arange(0, BLOCK_D)
     mask_d = offs_d < D
     wq = tl.load(wq_ptr + offs_d, mask=mask_d, other=0.0)
@@ -131,7 +148,7 @@ def _score_mean_kernel(
 @triton.jit
 def _norm_mlp_kernel(
     x_ptr,  # (B, D, P, N), any strides: the input, normalised on the fly, and the residual
-    mean_ptr, rstd_ptr,  # (B,) float32 statistics of x per sample
+    moments_ptr,  # (B, NUM_CHUNKS, 3) float32 from _sample_moments_kernel
     gamma_ptr, beta_ptr,  # (D,) float32 GroupNorm affine
     w1_ptr,  # (F, D) contiguous, dot dtype: first 1x1
     b1_ptr,  # (F,) float32
@@ -142,12 +159,14 @@ def _norm_mlp_kernel(
     stride_b, stride_c, stride_p, stride_n,
     D, F, P, N,
     NUM_L_TILES,  # cdiv(P * N, BLOCK_L)
+    NUM_CHUNKS, PER_SAMPLE, eps,  # as in _score_mean_kernel
     ACTIVATION: tl.constexpr,  # "relu" or "silu"
     HAS_CONTEXT: tl.constexpr,
     BLOCK_L: tl.constexpr,  # pixels per program (N of both dots)
     BLOCK_K: tl.constexpr,  # input channels per step of the first dot (its K)
     BLOCK_F: tl.constexpr,  # hidden channels per chunk (M of the first dot, K of the second)
     BLOCK_D: tl.constexpr,  # >= D, a power of two (M of the second dot)
+    BLOCK_C: tl.constexpr,  # >= NUM_CHUNKS, a power of two
     DOT_PRECISION: tl.constexpr,
     DOT_FP32: tl.constexpr,
 ):  # fmt: skip
@@ -157,8 +176,7 @@ def _norm_mlp_kernel(
     mask_l = offs_l < P * N
     p = offs_l // N
     cols = x_ptr + b.to(tl.int64) * stride_b + p * stride_p + (offs_l % N) * stride_n  # (BLOCK_L,) pointers
-    mean = tl.load(mean_ptr + b)
-    rstd = tl.load(rstd_ptr + b)
+    mean, rstd = _sample_mean_rstd(moments_ptr, b, NUM_CHUNKS, PER_SAMPLE, eps, BLOCK_C)
     dot_dtype = tl.float32 if DOT_FP32 else w1_ptr.dtype.element_ty
     offs_k0 = tl.arange(0, BLOCK_K)
     offs_f0 = tl.arange(0, BLOCK_F)
@@ -205,6 +223,7 @@ def _norm_mlp_kernel(
 # ----------------------------------------------------------------------------------------------------------
 
 MOMENTS_BLOCK = 1024
+MAX_MOMENT_CHUNKS = 256  # per sample; the consumers combine them in registers
 
 
 def _dot_options(dtype: torch.dtype) -> dict:
@@ -216,24 +235,31 @@ def _max_offset(t: torch.Tensor) -> int:
     return sum((size - 1) * abs(stride) for size, stride in zip(t.shape[1:], t.stride()[1:]))
 
 
-def sample_statistics(x: torch.Tensor, eps: float, num_chunks: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample mean and 1/sqrt(var + eps) over (D, P, N) of x, float32 (B,) each, as one-group
-    GroupNorm computes them (biased variance). ``num_chunks`` per sample (default: enough programs to
-    fill the device) are combined with Chan et al.'s pairwise formula, which needs no E[x^2] - E[x]^2."""
+def sample_moments(x: torch.Tensor, num_chunks: int | None = None) -> torch.Tensor:
+    """(B, chunks, 3) float32: count, mean and centred sum of squares of consecutive chunks of each sample's
+    D * P * N values, which :func:`score_mean` and :func:`norm_mlp` combine into one-group GroupNorm's
+    statistics (biased variance). ``num_chunks`` per sample (default: enough programs to fill the device;
+    at most MAX_MOMENT_CHUNKS)."""
     B = x.shape[0]
     per_sample = x[0].numel()
     if num_chunks is None:
         target = 4 * (torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 2)
         num_chunks = max(1, min(triton.cdiv(target, B), triton.cdiv(per_sample, 4 * MOMENTS_BLOCK)))
+    num_chunks = min(num_chunks, MAX_MOMENT_CHUNKS)
     chunk = triton.cdiv(triton.cdiv(per_sample, num_chunks), MOMENTS_BLOCK) * MOMENTS_BLOCK
     num_chunks = triton.cdiv(per_sample, chunk)
-    partial = torch.empty(B, num_chunks, 3, dtype=torch.float32, device=x.device)
-    args, options = moments_kernel_arguments(x, partial, num_chunks, chunk)
+    moments = torch.empty(B, num_chunks, 3, dtype=torch.float32, device=x.device)
+    args, options = moments_kernel_arguments(x, moments, num_chunks, chunk)
     _sample_moments_kernel[(B, num_chunks)](*args, **options)
-    count, chunk_mean, centred = partial.unbind(-1)
-    mean = (count * chunk_mean).sum(1) / per_sample
-    variance = (centred.sum(1) + (count * (chunk_mean - mean[:, None]) ** 2).sum(1)) / per_sample
-    return mean, torch.rsqrt(variance + eps)
+    return moments
+
+
+def _moments_arguments(x: torch.Tensor, moments: torch.Tensor, eps: float) -> tuple[tuple, int]:
+    """(NUM_CHUNKS, PER_SAMPLE, eps) of a consumer kernel, and its BLOCK_C."""
+    num_chunks = moments.shape[1]
+    if tuple(moments.shape) != (x.shape[0], num_chunks, 3) or moments.dtype != torch.float32:
+        raise ValueError(f"moments must be float32 (B={x.shape[0]}, chunks, 3), got {moments.dtype} {tuple(moments.shape)}")
+    return (num_chunks, float(x[0].numel()), float(eps)), max(2, triton.next_power_of_2(num_chunks))
 
 
 def moments_kernel_arguments(x, partial, num_chunks: int, chunk: int):
@@ -242,15 +268,16 @@ def moments_kernel_arguments(x, partial, num_chunks: int, chunk: int):
     return args, dict(BLOCK=MOMENTS_BLOCK, num_warps=4)
 
 
-def score_mean_kernel_arguments(x, mean, rstd, wq, bq, xbar, block_n: int | None = None):
+def score_mean_kernel_arguments(x, moments, eps, wq, bq, xbar, block_n: int | None = None):
     """(positional arguments, constexprs and launch options) of one ``_score_mean_kernel`` launch."""
     B, D, P, N = x.shape
     block_d = max(16, triton.next_power_of_2(D))
     block_n = block_n or max(16, min(128, 8192 // block_d, triton.next_power_of_2(N)))
     if block_n < 1 or block_n & (block_n - 1):
         raise ValueError(f"block_n must be a power of two, got {block_n}")
-    args = (x, mean, rstd, wq, bq, xbar, *x.stride(), D, P, N)
-    return args, dict(BLOCK_D=block_d, BLOCK_N=block_n, num_warps=4 if block_d * block_n <= 4096 else 8)
+    moment_args, block_c = _moments_arguments(x, moments, eps)
+    args = (x, moments, wq, bq, xbar, *x.stride(), D, P, N, *moment_args)
+    return args, dict(BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_C=block_c, num_warps=4 if block_d * block_n <= 4096 else 8)
 
 
 def mlp_launch_config(dtype: torch.dtype, d: int, f: int) -> dict[str, int]:
@@ -270,25 +297,26 @@ def mlp_launch_config(dtype: torch.dtype, d: int, f: int) -> dict[str, int]:
     )
 
 
-def mlp_kernel_arguments(x, mean, rstd, gamma, beta, w1, b1, context, w2, b2, out, activation: str, cfg: dict):
+def mlp_kernel_arguments(x, moments, eps, gamma, beta, w1, b1, context, w2, b2, out, activation: str, cfg: dict):
     """(positional arguments, constexprs and launch options, grid) of one ``_norm_mlp_kernel`` launch
     (separate so that the sm_90 compile test specialises the kernel exactly as the launcher does)."""
     B, D, P, N = x.shape
     num_l_tiles = triton.cdiv(P * N, cfg["block_l"])
-    args = (x, mean, rstd, gamma, beta, w1, b1, context if context is not None else b1, w2, b2, out,
-            *x.stride(), D, w1.shape[0], P, N, num_l_tiles)  # fmt: skip
+    moment_args, block_c = _moments_arguments(x, moments, eps)
+    args = (x, moments, gamma, beta, w1, b1, context if context is not None else b1, w2, b2, out,
+            *x.stride(), D, w1.shape[0], P, N, num_l_tiles, *moment_args)  # fmt: skip
     meta = dict(
-        ACTIVATION=activation, HAS_CONTEXT=context is not None, BLOCK_L=cfg["block_l"], BLOCK_K=cfg["block_k"],
+        BLOCK_C=block_c, ACTIVATION=activation, HAS_CONTEXT=context is not None, BLOCK_L=cfg["block_l"], BLOCK_K=cfg["block_k"],
         BLOCK_F=cfg["block_f"], BLOCK_D=cfg["block_d"], num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
         **_dot_options(x.dtype),
     )  # fmt: skip
     return args, meta, (B * num_l_tiles,)
 
 
-def norm_mlp(x, mean, rstd, gamma, beta, w1, b1, context, w2, b2, activation: str, out=None, **overrides) -> torch.Tensor:
+def norm_mlp(x, moments, eps, gamma, beta, w1, b1, context, w2, b2, activation: str, out=None, **overrides) -> torch.Tensor:
     """x + w2 @ (act(w1 @ xn + b1) [* context]) + b2 per pixel, xn = (x - mean) * rstd * gamma + beta
-    with per-sample statistics: (B, D, P, N) contiguous in x's dtype. gamma, beta, biases and statistics
-    float32, weights in the dot dtype, contiguous. ``out``: a preallocated contiguous result (tests fill
+    with per-sample statistics from ``moments`` (:func:`sample_moments` of x) and ``eps``: (B, D, P, N)
+    contiguous in x's dtype. gamma, beta and biases float32, weights in the dot dtype, contiguous. ``out``: a preallocated contiguous result (tests fill
     it with NaN). ``overrides`` replace :func:`mlp_launch_config`'s entries."""
     cfg = {**mlp_launch_config(x.dtype, x.shape[1], w1.shape[0]), **overrides}
     for name, value in overrides.items():
@@ -300,17 +328,17 @@ def norm_mlp(x, mean, rstd, gamma, beta, w1, b1, context, w2, b2, activation: st
         out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     elif out.shape != x.shape or out.dtype != x.dtype or not out.is_contiguous():
         raise ValueError(f"out must be a contiguous {x.dtype} tensor of shape {tuple(x.shape)}")
-    args, meta, grid = mlp_kernel_arguments(x, mean, rstd, gamma, beta, w1, b1, context, w2, b2, out, activation, cfg)
+    args, meta, grid = mlp_kernel_arguments(x, moments, eps, gamma, beta, w1, b1, context, w2, b2, out, activation, cfg)
     _norm_mlp_kernel[grid](*args, **meta)
     return out
 
 
-def score_mean(x: torch.Tensor, mean, rstd, wq, bq, out=None, block_n: int | None = None) -> torch.Tensor:
+def score_mean(x: torch.Tensor, moments, eps, wq, bq, out=None, block_n: int | None = None) -> torch.Tensor:
     """(B, P, D) float32: sum_n softmax_n(wq . xhat[:, p, n] + bq) xhat[:, p, n] for each (b, p).
     ``out``: a preallocated contiguous result; ``block_n``: columns per step (a power of two)."""
     B, D, P, N = x.shape
     xbar = torch.empty(B, P, D, dtype=torch.float32, device=x.device) if out is None else out
-    args, options = score_mean_kernel_arguments(x, mean, rstd, wq, bq, xbar, block_n)
+    args, options = score_mean_kernel_arguments(x, moments, eps, wq, bq, xbar, block_n)
     _score_mean_kernel[(B * P,)](*args, **options)
     return xbar
 
@@ -346,14 +374,13 @@ def transformer_layer_forward(
     w_q, w_k, w_v = torch.split(w_qkv, [1, d, d])
     b_q, b_k, b_v = torch.split(b_qkv, [1, d, d])
 
-    mean, rstd = sample_statistics(x, eps)
+    moments = sample_moments(x)
     wq, bq = _fold_affine(w_q, b_q, norm1_weight, norm1_bias)
-    xbar = score_mean(x, mean, rstd, wq[0].contiguous(), bq)  # (B, P, d)
+    xbar = score_mean(x, moments, eps, wq[0].contiguous(), bq)  # (B, P, d)
     wk, bk = _fold_affine(w_k, b_k, norm1_weight, norm1_bias)
     context = torch.addmm(bk, xbar.reshape(B * P, d), wk.t()).reshape(B, P, d)  # key projection of xbar
-    h = norm_mlp(x, mean, rstd, norm1_weight.float(), norm1_bias.float(), w_v.to(dot_dtype).contiguous(),
+    h = norm_mlp(x, moments, eps, norm1_weight.float(), norm1_bias.float(), w_v.to(dot_dtype).contiguous(),
                  b_v.float(), context, w_out.to(dot_dtype).contiguous(), b_out.float(), "relu")  # fmt: skip
 
-    mean, rstd = sample_statistics(h, eps)
-    return norm_mlp(h, mean, rstd, norm2_weight.float(), norm2_bias.float(), w_ffn1.to(dot_dtype).contiguous(),
+    return norm_mlp(h, sample_moments(h), eps, norm2_weight.float(), norm2_bias.float(), w_ffn1.to(dot_dtype).contiguous(),
                     b_ffn1.float(), None, w_ffn2.to(dot_dtype).contiguous(), b_ffn2.float(), "silu")  # fmt: skip
