@@ -274,6 +274,13 @@ def attention_scaling_cases(
     ]
     if device.type == "cuda":
         cases.insert(1, Case(group, "separable fused", run(lambda t: separable(t, "auto"), patches), items=B * P * n))
+        if not backward:  # the inference op: projections fused too, qkv never formed
+            from mobilevitv2_kernels import linear_self_attention
+
+            weights = (separable.qkv_proj.convolution.weight.flatten(1), separable.qkv_proj.convolution.bias,
+                       separable.out_proj.convolution.weight.flatten(1), separable.out_proj.convolution.bias)  # fmt: skip
+            cases.insert(2, Case(group, "separable fused key-free (inference op)",
+                                 run(lambda t: linear_self_attention(t, *weights), patches), items=B * P * n))  # fmt: skip
     return cases
 
 

@@ -4,9 +4,10 @@ A backend is a module exposing the same functions as :mod:`mobilevitv2_kernels.r
 ``separable_attention_forward(qkv)``, ``separable_attention_backward(grad_out, qkv)``,
 ``unfold_forward(x, patch_h, patch_w)``, ``fold_forward(patches, height, width, patch_h, patch_w)`` and
 ``inverted_residual_forward(x, w_expand, b_expand, w_dw, b_dw, w_reduce, b_reduce, stride, dilation,
-residual)`` and ``transformer_layer_forward(x, <12 parameters>, eps)``. Each returns a new tensor of the
-input's dtype. Not every backend has every op: :data:`UNSUPPORTED_OPS` lists the gaps (the CUDA extension
-has no kernel for the two inference-only ops), and the
+residual)``, ``transformer_layer_forward(x, <12 parameters>, eps)`` and
+``linear_self_attention_forward(x, w_qkv, b_qkv, w_out, b_out)``. Each returns a new tensor of the input's
+dtype. Not every backend has every op: :data:`UNSUPPORTED_OPS` lists the gaps (the CUDA extension has no
+kernel for the three inference-only ops), and the
 functions below take an optional ``op`` name so that ``"auto"`` never picks a backend that lacks it.
 Backends are loaded lazily, once per process; a backend that cannot load (no Triton, no GPU, no compiler,
 a failed build) is reported with its reason and never breaks ``import mobilevitv2_kernels``.
@@ -25,7 +26,7 @@ BACKEND_NAMES = ("reference", "triton", "cuda")
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # Ops a backend does not implement (op names as in the ``mobilevitv2::`` namespace). A backend not listed
 # implements every op.
-UNSUPPORTED_OPS = {"cuda": frozenset({"inverted_residual", "transformer_layer"})}
+UNSUPPORTED_OPS = {"cuda": frozenset({"inverted_residual", "transformer_layer", "linear_self_attention"})}
 
 
 class BackendUnavailableError(RuntimeError):

@@ -24,6 +24,7 @@ from __future__ import annotations
 import torch
 
 from mobilevitv2_kernels import backends
+from mobilevitv2_kernels.inference_only import register_no_derivative
 
 OP = "inverted_residual"
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -123,19 +124,9 @@ def _(x, w_expand, b_expand, w_dw, b_dw, w_reduce, b_reduce, stride, dilation, r
     return x.new_empty(shape).contiguous(memory_format=output_memory_format(x))
 
 
-def _refuse_autograd(ctx, inputs, output):
-    raise RuntimeError(
-        "mobilevitv2::inverted_residual is inference-only and has no derivative: call it under "
-        "torch.no_grad()/torch.inference_mode() or with inputs that do not require grad (the model uses it "
-        "only in eval mode without gradients and runs its eager modules otherwise)"
-    )
-
-
-def _no_backward(ctx, grad):  # never reached: _refuse_autograd raises first
-    raise RuntimeError("mobilevitv2::inverted_residual has no backward")
-
-
-_inverted_residual.register_autograd(_no_backward, setup_context=_refuse_autograd)
+register_no_derivative(
+    _inverted_residual, uses="the model uses it only in eval mode without gradients and runs its eager modules otherwise"
+)
 
 
 def inverted_residual(

@@ -143,3 +143,14 @@ def transformer_layer_forward(
     h = conv1x1(separable_attention_forward(conv1x1(xn, w_qkv, b_qkv)), w_out, b_out) + x
     hn = F.group_norm(h, 1, norm2_weight.to(dtype), norm2_bias.to(dtype), eps)
     return conv1x1(F.silu(conv1x1(hn, w_ffn1, b_ffn1)), w_ffn2, b_ffn2) + h
+
+
+def linear_self_attention_forward(
+    x: torch.Tensor, w_qkv: torch.Tensor, b_qkv: torch.Tensor, w_out: torch.Tensor, b_out: torch.Tensor
+) -> torch.Tensor:
+    """The attention module with its projections, in ``x``'s dtype as the module computes it (inference,
+    no dropout): conv1x1(separable_attention(conv1x1(x, w_qkv, b_qkv)), w_out, b_out) on (B, d, P, N), with
+    w_qkv (1 + 2d, d) and w_out (d, d)."""
+    dtype = x.dtype
+    qkv = F.conv2d(x, w_qkv.to(dtype)[:, :, None, None], b_qkv.to(dtype))
+    return F.conv2d(separable_attention_forward(qkv), w_out.to(dtype)[:, :, None, None], b_out.to(dtype))

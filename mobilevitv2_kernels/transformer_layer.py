@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 
 from mobilevitv2_kernels import backends
+from mobilevitv2_kernels.inference_only import register_no_derivative
 
 OP = "transformer_layer"
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -90,19 +91,9 @@ def _(x, norm1_weight, norm1_bias, w_qkv, b_qkv, w_out, b_out, norm2_weight, nor
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
-def _refuse_autograd(ctx, inputs, output):
-    raise RuntimeError(
-        "mobilevitv2::transformer_layer is inference-only and has no derivative: call it under "
-        "torch.no_grad()/torch.inference_mode() or with inputs that do not require grad (the model uses it "
-        "only in eval mode without gradients and runs its modules otherwise)"
-    )
-
-
-def _no_backward(ctx, grad):  # never reached: _refuse_autograd raises first
-    raise RuntimeError("mobilevitv2::transformer_layer has no backward")
-
-
-_transformer_layer.register_autograd(_no_backward, setup_context=_refuse_autograd)
+register_no_derivative(
+    _transformer_layer, uses="the model uses it only in eval mode without gradients and runs its modules otherwise"
+)
 
 
 def transformer_layer(

@@ -275,6 +275,84 @@ def test_backend_capabilities():
 
 
 # ----------------------------------------------------------------------------------------------------------
+# The attention module alone: mobilevitv2::linear_self_attention (the same kernels, no GroupNorm, no residual)
+# ----------------------------------------------------------------------------------------------------------
+
+
+def attention_parameters(d, device="cpu"):
+    return make_parameters(d, 2 * d, device)[2:6]  # w_qkv, b_qkv, w_out, b_out
+
+
+def assert_attention_close(actual, x, params):
+    dtype = actual.dtype
+    expected = reference.linear_self_attention_forward(x.double(), *(p.double() for p in params))
+    assert actual.shape == expected.shape and actual.is_contiguous()
+    assert torch.isfinite(actual).all() and expected.abs().max() > 0.3
+    tol = TOLERANCES[dtype]
+    bound = tol["atol"] + tol["rtol"] * expected.abs().max().item()
+    if dtype != torch.float32:
+        own = reference.linear_self_attention_forward(x, *params)
+        bound += tol["factor"] * (own.double() - expected).abs().max().item()
+    err = (actual.double() - expected).abs().max().item()
+    assert err <= bound, f"max abs error {err:.3g} > bound {bound:.3g} ({dtype})"
+
+
+def test_attention_reference_equals_module():
+    from mobilevitv2.blocks import MobileViTV2LinearSelfAttention
+
+    module = randomize_(MobileViTV2LinearSelfAttention(MobileViTV2Config(), 16)).eval()
+    x = make_input(2, 16, 4, 9)
+    params = (module.qkv_proj.convolution.weight.flatten(1), module.qkv_proj.convolution.bias,
+              module.out_proj.convolution.weight.flatten(1), module.out_proj.convolution.bias)  # fmt: skip
+    with torch.no_grad():
+        expected = module(x)
+        got = reference.linear_self_attention_forward(x, *params)
+    assert_nontrivial(expected, "eager attention module")
+    assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("B, d, P, N", [(2, 32, 4, 16), (1, 24, 4, 7), (2, 16, 1, 33), (3, 48, 4, 1)])
+def test_attention_kernel_matches_reference(device, dtype, B, d, P, N):
+    x = make_input(B, d, P, N, device).to(dtype)
+    params = tuple(p.to(dtype) for p in attention_parameters(d, device))
+    assert_attention_close(mk.linear_self_attention(x, *params, backend="triton"), x, params)
+
+
+def test_attention_strided_input_and_opcheck(device):
+    x = make_input(2, 16, 12, 4, device).transpose(2, 3)  # N and P swapped in memory
+    params = attention_parameters(16, device)
+    assert_attention_close(mk.linear_self_attention(x, *params, backend="triton"), x, params)
+    op = torch.ops.mobilevitv2.linear_self_attention.default
+    result = torch.library.opcheck(op, (x.contiguous(), *params, "reference"))
+    assert all(v == "SUCCESS" for v in result.values()), result
+    if device == "cuda":
+        result = torch.library.opcheck(op, (x.contiguous(), *params, "triton"))
+        assert all(v == "SUCCESS" for v in result.values()), result
+
+
+def test_attention_refuses_autograd_and_bad_input(device):
+    x = make_input(2, 16, 4, 6, device)
+    w_qkv, b_qkv, w_out, b_out = attention_parameters(16, device)
+    with pytest.raises(RuntimeError, match="linear_self_attention is inference-only"):
+        mk.linear_self_attention(x.clone().requires_grad_(True), w_qkv, b_qkv, w_out, b_out, backend="triton")
+    with torch.no_grad():
+        assert mk.linear_self_attention(x.requires_grad_(True), w_qkv, b_qkv, w_out, b_out).shape == x.shape
+    x = x.detach()
+    with pytest.raises(ValueError, match=r"\(B, d, P, N\)"):
+        mk.linear_self_attention(x[0], w_qkv, b_qkv, w_out, b_out)
+    with pytest.raises(ValueError, match=r"w_qkv must have shape \(33, 16\)"):
+        mk.linear_self_attention(x, w_qkv[1:], b_qkv, w_out, b_out)
+    with pytest.raises(ValueError, match=r"b_out must have shape \(16,\)"):
+        mk.linear_self_attention(x, w_qkv, b_qkv, w_out, b_out[1:])
+    with pytest.raises(TypeError, match="floating point"):
+        mk.linear_self_attention(x.to(torch.int32), w_qkv, b_qkv, w_out, b_out)
+    with pytest.raises(mk.BackendUnavailableError, match="no linear_self_attention kernel"):
+        mk.linear_self_attention(x, w_qkv, b_qkv, w_out, b_out, backend="cuda")
+    assert mk.linear_self_attention(x[:0], w_qkv, b_qkv, w_out, b_out, backend="triton").shape == (0, 16, 4, 6)
+
+
+# ----------------------------------------------------------------------------------------------------------
 # The model: transformer_implementation
 # ----------------------------------------------------------------------------------------------------------
 
@@ -424,6 +502,13 @@ def compile_layer(dtype, B, d, P, N, F):
         print("compiled norm_mlp", activation, dtype, (B, d, P, N, F), cfg, compile_for_sm90(tk._norm_mlp_kernel, args, options))
     args, options = tk.score_mean_kernel_arguments(x, moments, 1e-5, vec_d, meta(1), meta(B, P, d))
     print("compiled score_mean", dtype, (B, d, P, N), compile_for_sm90(tk._score_mean_kernel, args, options))
+    # linear_self_attention: the same kernels without normalisation (and without residual for the MLP)
+    args, options, _ = tk.mlp_kernel_arguments(x, None, 0.0, None, None, meta(d, d, dtype=dtype), vec_d, meta(B, P, d),
+                                               meta(d, d, dtype=dtype), vec_d, out, "relu", tk.mlp_launch_config(dtype, d, d),
+                                               residual=False)
+    print("compiled norm_mlp plain", dtype, (B, d, P, N), compile_for_sm90(tk._norm_mlp_kernel, args, options))
+    args, options = tk.score_mean_kernel_arguments(x, None, 0.0, vec_d, meta(1), meta(B, P, d))
+    print("compiled score_mean plain", dtype, (B, d, P, N), compile_for_sm90(tk._score_mean_kernel, args, options))
     args, options = tk.moments_kernel_arguments(x, meta(B, 4, 3), 4, 1024)
     print("compiled moments", dtype, (B, d, P, N), compile_for_sm90(tk._sample_moments_kernel, args, options))
 
@@ -442,7 +527,7 @@ def test_kernels_compile_for_sm90():
     """Compile every kernel of the op for sm_90 (H100/H200) with the launcher's own configurations, which
     needs no GPU, and (where Triton ships cuobjdump) check that ptxas spilled no registers."""
     stdout = run_compile_script(_COMPILE_FOR_HOPPER)
-    assert stdout.count("compiled") == 6 * 4, stdout
+    assert stdout.count("compiled") == 6 * 6, stdout
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -12,11 +12,15 @@ from mobilevitv2_kernels.triton_kernels.separable_attention import (
     separable_attention_backward,
     separable_attention_forward,
 )
-from mobilevitv2_kernels.triton_kernels.transformer_layer import transformer_layer_forward
+from mobilevitv2_kernels.triton_kernels.transformer_layer import (
+    linear_self_attention_forward,
+    transformer_layer_forward,
+)
 
 __all__ = [
     "fold_forward",
     "inverted_residual_forward",
+    "linear_self_attention_forward",
     "separable_attention_backward",
     "separable_attention_forward",
     "transformer_layer_forward",

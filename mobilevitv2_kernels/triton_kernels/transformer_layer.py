@@ -114,11 +114,13 @@ def _score_mean_kernel(
     BLOCK_D: tl.constexpr,  # >= D, a power of two
     BLOCK_N: tl.constexpr,
     BLOCK_C: tl.constexpr,  # >= NUM_CHUNKS, a power of two
+    NORMALIZE: tl.constexpr,  # False: xhat = x (no GroupNorm; moments_ptr unused)
 ):  # fmt: skip
     pid = tl.program_id(0)  # b * P + p
     b = pid // P
     p = pid % P
-    mean, rstd = _sample_mean_rstd(moments_ptr, b, NUM_CHUNKS, PER_SAMPLE, eps, BLOCK_C)
+    if NORMALIZE:
+        mean, rstd = _sample_mean_rstd(moments_ptr, b, NUM_CHUNKS, PER_SAMPLE, eps, BLOCK_C)
     offs_d = tl.arange(0, BLOCK_D)
     mask_d = offs_d < D
     wq = tl.load(wq_ptr + offs_d, mask=mask_d, other=0.0)
@@ -133,7 +135,9 @@ def _score_mean_kernel(
         mask_n = offs_n < N
         mask = mask_d[:, None] & mask_n[None, :]
         xt = tl.load(rows[:, None] + offs_n[None, :] * stride_n, mask=mask, other=0.0).to(tl.float32)
-        xhat = tl.where(mask, (xt - mean) * rstd, 0.0)  # (BLOCK_D, BLOCK_N)
+        if NORMALIZE:
+            xt = (xt - mean) * rstd
+        xhat = tl.where(mask, xt, 0.0)  # (BLOCK_D, BLOCK_N)
         score = tl.sum(xhat * wq[:, None], axis=0) + bq  # (BLOCK_N,)
         score = tl.where(mask_n, score, float("-inf"))
         m_new = tl.maximum(m, tl.max(score, axis=0))
@@ -147,7 +151,7 @@ def _score_mean_kernel(
 
 @triton.jit
 def _norm_mlp_kernel(
-    x_ptr,  # (B, D, P, N), any strides: the input, normalised on the fly, and the residual
+    x_ptr,  # (B, D, P, N), any strides: the input, normalised on the fly (NORMALIZE), and the residual
     moments_ptr,  # (B, NUM_CHUNKS, 3) float32 from _sample_moments_kernel
     gamma_ptr, beta_ptr,  # (D,) float32 GroupNorm affine
     w1_ptr,  # (F, D) contiguous, dot dtype: first 1x1
@@ -167,6 +171,8 @@ def _norm_mlp_kernel(
     BLOCK_F: tl.constexpr,  # hidden channels per chunk (M of the first dot, K of the second)
     BLOCK_D: tl.constexpr,  # >= D, a power of two (M of the second dot)
     BLOCK_C: tl.constexpr,  # >= NUM_CHUNKS, a power of two
+    NORMALIZE: tl.constexpr,  # False: xn = x (no GroupNorm; moments, gamma and beta unused)
+    RESIDUAL: tl.constexpr,  # add x to the result
     DOT_PRECISION: tl.constexpr,
     DOT_FP32: tl.constexpr,
 ):  # fmt: skip
@@ -176,7 +182,8 @@ def _norm_mlp_kernel(
     mask_l = offs_l < P * N
     p = offs_l // N
     cols = x_ptr + b.to(tl.int64) * stride_b + p * stride_p + (offs_l % N) * stride_n  # (BLOCK_L,) pointers
-    mean, rstd = _sample_mean_rstd(moments_ptr, b, NUM_CHUNKS, PER_SAMPLE, eps, BLOCK_C)
+    if NORMALIZE:
+        mean, rstd = _sample_mean_rstd(moments_ptr, b, NUM_CHUNKS, PER_SAMPLE, eps, BLOCK_C)
     dot_dtype = tl.float32 if DOT_FP32 else w1_ptr.dtype.element_ty
     offs_k0 = tl.arange(0, BLOCK_K)
     offs_f0 = tl.arange(0, BLOCK_F)
@@ -191,11 +198,13 @@ def _norm_mlp_kernel(
             offs_k = k0 + offs_k0
             mask_k = offs_k < D
             mask = mask_k[:, None] & mask_l[None, :]
-            xt = tl.load(cols[None, :] + offs_k[:, None] * stride_c, mask=mask, other=0.0).to(tl.float32)
-            gamma = tl.load(gamma_ptr + offs_k, mask=mask_k, other=0.0)
-            beta = tl.load(beta_ptr + offs_k, mask=mask_k, other=0.0)
-            xn = (xt - mean) * (rstd * gamma[:, None]) + beta[:, None]  # GroupNorm's output, rounded as it is
-            xn = tl.where(mask, xn, 0.0).to(dot_dtype)  # (BLOCK_K, BLOCK_L)
+            xn = tl.load(cols[None, :] + offs_k[:, None] * stride_c, mask=mask, other=0.0).to(tl.float32)
+            if NORMALIZE:
+                gamma = tl.load(gamma_ptr + offs_k, mask=mask_k, other=0.0)
+                beta = tl.load(beta_ptr + offs_k, mask=mask_k, other=0.0)
+                xn = (xn - mean) * (rstd * gamma[:, None]) + beta[:, None]  # GroupNorm's output, rounded as it is
+                xn = tl.where(mask, xn, 0.0)
+            xn = xn.to(dot_dtype)  # (BLOCK_K, BLOCK_L)
             w1 = tl.load(w1_ptr + offs_f[:, None] * D + offs_k[None, :], mask=mask_f[:, None] & mask_k[None, :],
                          other=0.0).to(dot_dtype)  # fmt: skip
             hid = tl.dot(w1, xn, hid, input_precision=DOT_PRECISION)
@@ -213,7 +222,8 @@ def _norm_mlp_kernel(
         acc = tl.dot(w2, hid.to(dot_dtype), acc, input_precision=DOT_PRECISION)
     acc += tl.load(b2_ptr + offs_d, mask=mask_d, other=0.0)[:, None]
     mask = mask_d[:, None] & mask_l[None, :]
-    acc += tl.load(cols[None, :] + offs_d[:, None] * stride_c, mask=mask, other=0.0).to(tl.float32)  # residual
+    if RESIDUAL:
+        acc += tl.load(cols[None, :] + offs_d[:, None] * stride_c, mask=mask, other=0.0).to(tl.float32)
     out_cols = out_ptr + b.to(tl.int64) * D * P * N + offs_l  # contiguous output
     tl.store(out_cols[None, :] + offs_d[:, None] * (P * N), acc.to(out_ptr.dtype.element_ty), mask=mask)
 
@@ -254,8 +264,10 @@ def sample_moments(x: torch.Tensor, num_chunks: int | None = None) -> torch.Tens
     return moments
 
 
-def _moments_arguments(x: torch.Tensor, moments: torch.Tensor, eps: float) -> tuple[tuple, int]:
-    """(NUM_CHUNKS, PER_SAMPLE, eps) of a consumer kernel, and its BLOCK_C."""
+def _moments_arguments(x: torch.Tensor, moments: torch.Tensor | None, eps: float) -> tuple[tuple, int]:
+    """(NUM_CHUNKS, PER_SAMPLE, eps) of a consumer kernel, and its BLOCK_C (placeholders without moments)."""
+    if moments is None:
+        return (1, 1.0, 1.0), 2
     num_chunks = moments.shape[1]
     if tuple(moments.shape) != (x.shape[0], num_chunks, 3) or moments.dtype != torch.float32:
         raise ValueError(f"moments must be float32 (B={x.shape[0]}, chunks, 3), got {moments.dtype} {tuple(moments.shape)}")
@@ -276,8 +288,9 @@ def score_mean_kernel_arguments(x, moments, eps, wq, bq, xbar, block_n: int | No
     if block_n < 1 or block_n & (block_n - 1):
         raise ValueError(f"block_n must be a power of two, got {block_n}")
     moment_args, block_c = _moments_arguments(x, moments, eps)
-    args = (x, moments, wq, bq, xbar, *x.stride(), D, P, N, *moment_args)
-    return args, dict(BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_C=block_c, num_warps=4 if block_d * block_n <= 4096 else 8)
+    args = (x, moments if moments is not None else wq, wq, bq, xbar, *x.stride(), D, P, N, *moment_args)
+    return args, dict(BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_C=block_c, NORMALIZE=moments is not None,
+                      num_warps=4 if block_d * block_n <= 4096 else 8)  # fmt: skip
 
 
 def mlp_launch_config(dtype: torch.dtype, d: int, f: int) -> dict[str, int]:
@@ -297,27 +310,35 @@ def mlp_launch_config(dtype: torch.dtype, d: int, f: int) -> dict[str, int]:
     )
 
 
-def mlp_kernel_arguments(x, moments, eps, gamma, beta, w1, b1, context, w2, b2, out, activation: str, cfg: dict):
+def mlp_kernel_arguments(
+    x, moments, eps, gamma, beta, w1, b1, context, w2, b2, out, activation: str, cfg: dict, residual: bool = True
+):
     """(positional arguments, constexprs and launch options, grid) of one ``_norm_mlp_kernel`` launch
-    (separate so that the sm_90 compile test specialises the kernel exactly as the launcher does)."""
+    (separate so that the sm_90 compile test specialises the kernel exactly as the launcher does).
+    ``moments``, ``gamma`` and ``beta`` None: no normalisation."""
     B, D, P, N = x.shape
     num_l_tiles = triton.cdiv(P * N, cfg["block_l"])
     moment_args, block_c = _moments_arguments(x, moments, eps)
-    args = (x, moments, gamma, beta, w1, b1, context if context is not None else b1, w2, b2, out,
+    normalize = moments is not None
+    args = (x, moments if normalize else b1, gamma if normalize else b1, beta if normalize else b1, w1, b1,
+            context if context is not None else b1, w2, b2, out,
             *x.stride(), D, w1.shape[0], P, N, num_l_tiles, *moment_args)  # fmt: skip
     meta = dict(
-        BLOCK_C=block_c, ACTIVATION=activation, HAS_CONTEXT=context is not None, BLOCK_L=cfg["block_l"], BLOCK_K=cfg["block_k"],
+        BLOCK_C=block_c, NORMALIZE=normalize, RESIDUAL=residual, ACTIVATION=activation, HAS_CONTEXT=context is not None, BLOCK_L=cfg["block_l"], BLOCK_K=cfg["block_k"],
         BLOCK_F=cfg["block_f"], BLOCK_D=cfg["block_d"], num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
         **_dot_options(x.dtype),
     )  # fmt: skip
     return args, meta, (B * num_l_tiles,)
 
 
-def norm_mlp(x, moments, eps, gamma, beta, w1, b1, context, w2, b2, activation: str, out=None, **overrides) -> torch.Tensor:
-    """x + w2 @ (act(w1 @ xn + b1) [* context]) + b2 per pixel, xn = (x - mean) * rstd * gamma + beta
-    with per-sample statistics from ``moments`` (:func:`sample_moments` of x) and ``eps``: (B, D, P, N)
-    contiguous in x's dtype. gamma, beta and biases float32, weights in the dot dtype, contiguous. ``out``: a preallocated contiguous result (tests fill
-    it with NaN). ``overrides`` replace :func:`mlp_launch_config`'s entries."""
+def norm_mlp(
+    x, moments, eps, gamma, beta, w1, b1, context, w2, b2, activation: str, out=None, residual: bool = True, **overrides
+) -> torch.Tensor:
+    """[x +] w2 @ (act(w1 @ xn + b1) [* context]) + b2 per pixel, xn = (x - mean) * rstd * gamma + beta
+    with per-sample statistics from ``moments`` (:func:`sample_moments` of x) and ``eps``, or xn = x when
+    ``moments``, ``gamma`` and ``beta`` are None: (B, D, P, N) contiguous in x's dtype. gamma, beta and
+    biases float32, weights in the dot dtype, contiguous. ``out``: a preallocated contiguous result (tests
+    fill it with NaN). ``overrides`` replace :func:`mlp_launch_config`'s entries."""
     cfg = {**mlp_launch_config(x.dtype, x.shape[1], w1.shape[0]), **overrides}
     for name, value in overrides.items():
         if name.startswith("block_") and (value < 16 or value & (value - 1)):
@@ -328,14 +349,16 @@ def norm_mlp(x, moments, eps, gamma, beta, w1, b1, context, w2, b2, activation: 
         out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     elif out.shape != x.shape or out.dtype != x.dtype or not out.is_contiguous():
         raise ValueError(f"out must be a contiguous {x.dtype} tensor of shape {tuple(x.shape)}")
-    args, meta, grid = mlp_kernel_arguments(x, moments, eps, gamma, beta, w1, b1, context, w2, b2, out, activation, cfg)
+    args, meta, grid = mlp_kernel_arguments(x, moments, eps, gamma, beta, w1, b1, context, w2, b2, out, activation, cfg,
+                                            residual)  # fmt: skip
     _norm_mlp_kernel[grid](*args, **meta)
     return out
 
 
 def score_mean(x: torch.Tensor, moments, eps, wq, bq, out=None, block_n: int | None = None) -> torch.Tensor:
-    """(B, P, D) float32: sum_n softmax_n(wq . xhat[:, p, n] + bq) xhat[:, p, n] for each (b, p).
-    ``out``: a preallocated contiguous result; ``block_n``: columns per step (a power of two)."""
+    """(B, P, D) float32: sum_n softmax_n(wq . xhat[:, p, n] + bq) xhat[:, p, n] for each (b, p), xhat
+    normalised with ``moments`` and ``eps`` (xhat = x when ``moments`` is None). ``out``: a preallocated
+    contiguous result; ``block_n``: columns per step (a power of two)."""
     B, D, P, N = x.shape
     xbar = torch.empty(B, P, D, dtype=torch.float32, device=x.device) if out is None else out
     args, options = score_mean_kernel_arguments(x, moments, eps, wq, bq, xbar, block_n)
@@ -384,3 +407,22 @@ def transformer_layer_forward(
 
     return norm_mlp(h, sample_moments(h), eps, norm2_weight.float(), norm2_bias.float(), w_ffn1.to(dot_dtype).contiguous(),
                     b_ffn1.float(), None, w_ffn2.to(dot_dtype).contiguous(), b_ffn2.float(), "silu")  # fmt: skip
+
+
+def linear_self_attention_forward(
+    x: torch.Tensor, w_qkv: torch.Tensor, b_qkv: torch.Tensor, w_out: torch.Tensor, b_out: torch.Tensor
+) -> torch.Tensor:
+    """The attention module alone, projections included, with the same kernels and identity (arguments as
+    :func:`mobilevitv2_kernels.reference.linear_self_attention_forward`, validated by the op): the scores
+    and the score-weighted mean of x in one pass, the key projection of that mean as the context, then
+    out_proj(ReLU(value_proj(x)) * context) per pixel tile. Two launches and one small matmul; neither qkv
+    nor the keys reach memory. (B, d, P, N) contiguous, x's dtype."""
+    B, d, P, N = x.shape
+    if max(_max_offset(x), d * P * N) >= 2**31:
+        raise ValueError("linear_self_attention (triton): one sample spans 2**31 elements or more")
+    w_q, w_k, w_v = torch.split(w_qkv, [1, d, d])
+    b_q, b_k, b_v = torch.split(b_qkv, [1, d, d])
+    xbar = score_mean(x, None, 0.0, w_q[0].float().contiguous(), b_q.float())  # (B, P, d)
+    context = torch.addmm(b_k.float(), xbar.reshape(B * P, d), w_k.float().t()).reshape(B, P, d)
+    return norm_mlp(x, None, 0.0, None, None, w_v.to(x.dtype).contiguous(), b_v.float(), context,
+                    w_out.to(x.dtype).contiguous(), b_out.float(), "relu", residual=False)  # fmt: skip

@@ -1,0 +1,87 @@
+"""The fused attention-module op (inference only): schema, input checks, fake kernel, dispatch to a backend.
+
+``mobilevitv2::linear_self_attention(Tensor x, Tensor w_qkv, Tensor b_qkv, Tensor w_out, Tensor b_out,
+str backend) -> Tensor`` is MobileViTV2's separable self-attention with its two 1x1 projections on
+(B, d, P, N) patches (:func:`mobilevitv2_kernels.reference.linear_self_attention_forward`):
+
+    out = out_proj(ReLU(v) * sum_n softmax_n(q) k),   [q; k; v] = qkv_proj(x)
+
+The model runs it inside ``transformer_layer``; this op is the attention alone, the unit that the
+separable-vs-multi-head comparison of the benchmarks measures, and usable directly. Its Triton backend never
+forms qkv: the context is the key projection of the score-weighted mean of x (the scores sum to one).
+Inference only, like the other fused ops: no derivative, and a clear error when autograd would need one.
+The CUDA extension has no kernel for it; ``backend="auto"`` picks Triton on CUDA, the reference elsewhere.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mobilevitv2_kernels import backends
+from mobilevitv2_kernels.inference_only import register_no_derivative
+
+OP = "linear_self_attention"
+_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def check_inputs(x: torch.Tensor, w_qkv: torch.Tensor, b_qkv: torch.Tensor, w_out: torch.Tensor, b_out: torch.Tensor) -> None:
+    """Validate the op's arguments; the output has ``x``'s shape."""
+    if x.dim() != 4:
+        raise ValueError(f"linear_self_attention expects x of shape (B, d, P, N), got shape {tuple(x.shape)}")
+    d = x.shape[1]
+    named = {"x": x, "w_qkv": w_qkv, "b_qkv": b_qkv, "w_out": w_out, "b_out": b_out}
+    expected = {"w_qkv": (1 + 2 * d, d), "b_qkv": (1 + 2 * d,), "w_out": (d, d), "b_out": (d,)}
+    for name, t in named.items():
+        if t.dtype not in _FLOAT_DTYPES:
+            raise TypeError(f"linear_self_attention: {name} must be floating point (float32/16, bfloat16), got {t.dtype}")
+        if t.device != x.device:
+            raise ValueError(f"linear_self_attention: {name} is on {t.device} but x is on {x.device}")
+        if name in expected and tuple(t.shape) != expected[name]:
+            raise ValueError(f"linear_self_attention: {name} must have shape {expected[name]} for d={d}, got {tuple(t.shape)}")
+
+
+@torch.library.custom_op("mobilevitv2::linear_self_attention", mutates_args=())
+def _linear_self_attention(
+    x: torch.Tensor, w_qkv: torch.Tensor, b_qkv: torch.Tensor, w_out: torch.Tensor, b_out: torch.Tensor, backend: str
+) -> torch.Tensor:
+    check_inputs(x, w_qkv, b_qkv, w_out, b_out)
+    if not backends.supports(backend, OP):  # a direct torch.ops call with backend="cuda"
+        raise backends.BackendUnavailableError(f"the {backend!r} backend has no {OP} kernel")
+    if x.numel() == 0:
+        return torch.empty_like(x, memory_format=torch.contiguous_format)
+    out = backends.implementation(backend).linear_self_attention_forward(x, w_qkv, b_qkv, w_out, b_out)
+    return backends.as_new_contiguous(out, x)
+
+
+@_linear_self_attention.register_fake
+def _(x, w_qkv, b_qkv, w_out, b_out, backend):
+    check_inputs(x, w_qkv, b_qkv, w_out, b_out)
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+register_no_derivative(_linear_self_attention, uses="training runs the attention module's own layers")
+
+
+def linear_self_attention(
+    x: torch.Tensor,
+    w_qkv: torch.Tensor,
+    b_qkv: torch.Tensor,
+    w_out: torch.Tensor,
+    b_out: torch.Tensor,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Separable self-attention with its projections, for inference, fused.
+
+    Args:
+        x: (B, d, P, N) patches, float32/float16/bfloat16 (float64 on the reference backend), any strides.
+        w_qkv, b_qkv: (1 + 2d, d), (1 + 2d,): the qkv 1x1 projection, channels [query, key (d), value (d)].
+        w_out, b_out: (d, d), (d,): the output 1x1 projection.
+        backend: ``"auto"`` (Triton on CUDA, the reference elsewhere), ``"reference"`` or ``"triton"``;
+            ``"cuda"`` has no kernel for this op and raises ``BackendUnavailableError``.
+
+    Returns:
+        (B, d, P, N) contiguous, ``x``'s dtype. Not differentiable: raises if grad mode is on and an input
+        requires grad.
+    """
+    check_inputs(x, w_qkv, b_qkv, w_out, b_out)
+    return torch.ops.mobilevitv2.linear_self_attention(x, w_qkv, b_qkv, w_out, b_out, backends.resolve(backend, x, OP))
