@@ -55,3 +55,46 @@ def assert_close_fp32(got: torch.Tensor, expected: torch.Tensor, what: str = "ou
     scale = max(1.0, expected.abs().max().item())
     err = max_abs_diff(got, expected)
     assert err <= tol * scale, f"{what}: max abs error {err:.3g} > {tol} x scale {scale:.3g}"
+
+
+def fused_model_pair(cls, option: str, seed: int = 0, **config_kwargs):
+    """The same randomised width-0.5 weights twice, in eval mode: eager everywhere, and with the
+    inference fusion ``option`` ("conv_implementation", "transformer_implementation") set to "triton"."""
+    from mobilevitv2 import MobileViTV2Config
+
+    eager = randomize_(cls(MobileViTV2Config.from_width(0.5, **config_kwargs)), seed).eval()
+    eager.set_attn_implementation("eager")
+    fused = cls(MobileViTV2Config.from_width(0.5, **{option: "triton"}, **config_kwargs)).eval()
+    fused.load_state_dict(eager.state_dict())
+    return eager, fused
+
+
+def record_op_calls(monkeypatch, name: str) -> list:
+    """Replace ``mobilevitv2_kernels.<name>`` (what the model calls) by a spy that records the ``backend``
+    of every call; returns the list it fills."""
+    import mobilevitv2_kernels as mk
+
+    calls = []
+    real = getattr(mk, name)
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("backend"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(mk, name, spy)
+    return calls
+
+
+def compile_recording_ops(model):
+    """``torch.compile(model, fullgraph=True)`` with the aot_eager backend (no slow Inductor CPU code
+    generation), and the list of the traced graphs' call targets (filled when it first runs)."""
+    from torch._dynamo.backends.debugging import aot_eager
+
+    targets = []
+
+    def recording_backend(gm, example_inputs):
+        targets.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
+        return aot_eager(gm, example_inputs)
+
+    torch._dynamo.reset()
+    return torch.compile(model, fullgraph=True, backend=recording_backend), targets

@@ -19,16 +19,18 @@ import mobilevitv2_kernels as mk
 from mobilevitv2 import MobileViTV2Config, MobileViTV2ForImageClassification, MobileViTV2ForSemanticSegmentation
 from mobilevitv2.blocks import MobileViTV2TransformerLayer
 from mobilevitv2_kernels import backends, reference
-from model_utils import assert_close_fp32, assert_nontrivial, max_abs_diff, randomize_
+from model_utils import (
+    assert_close_fp32,
+    assert_nontrivial,
+    compile_recording_ops,
+    fused_model_pair,
+    max_abs_diff,
+    randomize_,
+    record_op_calls,
+)
+from kernel_utils import DTYPES, error_bound, triton_device
 from sm90_compile import run_compile_script
 
-DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-# max|err| <= atol + rtol * max|expected| + factor * max|error of PyTorch computing it in that dtype|
-TOLERANCES = {
-    torch.float32: dict(atol=1e-6, rtol=1e-5, factor=0.0),
-    torch.float16: dict(atol=1e-5, rtol=2.0**-10, factor=2.0),
-    torch.bfloat16: dict(atol=1e-4, rtol=2.0**-7, factor=2.0),
-}
 OP = "transformer_layer"
 needs_cpu_triton = pytest.mark.skipif(
     "triton" not in mk.available_backends("cpu", op=OP), reason="triton (interpreter) not available"
@@ -37,12 +39,7 @@ needs_cpu_triton = pytest.mark.skipif(
 
 @pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 def device(request):
-    if request.param == "cuda" and not torch.cuda.is_available():
-        pytest.skip("needs a CUDA device")
-    reason = backends.unavailable_reason("triton", request.param, OP)
-    if reason is not None:
-        pytest.skip(reason)
-    return request.param
+    return triton_device(request, OP)
 
 
 @pytest.fixture(autouse=True)
@@ -77,11 +74,8 @@ def assert_close(actual, x, params, eps=1e-5):
     assert actual.shape == expected.shape, (actual.shape, expected.shape)
     assert torch.isfinite(actual).all(), "non-finite values in the kernel's result"
     assert expected.abs().max() > 0.5, "vacuous comparison: the oracle is nearly zero"
-    tol = TOLERANCES[dtype]
-    bound = tol["atol"] + tol["rtol"] * expected.abs().max().item()
-    if dtype != torch.float32:
-        torch_lowp = reference.transformer_layer_forward(x, *params, eps)
-        bound += tol["factor"] * (torch_lowp.double() - expected).abs().max().item()
+    torch_lowp = reference.transformer_layer_forward(x, *params, eps) if dtype != torch.float32 else None
+    bound = error_bound(expected, dtype, torch_lowp)
     err = (actual.double() - expected).abs().max().item()
     assert err <= bound, f"max abs error {err:.3g} > bound {bound:.3g} ({dtype})"
 
@@ -288,11 +282,8 @@ def assert_attention_close(actual, x, params):
     expected = reference.linear_self_attention_forward(x.double(), *(p.double() for p in params))
     assert actual.shape == expected.shape and actual.is_contiguous()
     assert torch.isfinite(actual).all() and expected.abs().max() > 0.3
-    tol = TOLERANCES[dtype]
-    bound = tol["atol"] + tol["rtol"] * expected.abs().max().item()
-    if dtype != torch.float32:
-        own = reference.linear_self_attention_forward(x, *params)
-        bound += tol["factor"] * (own.double() - expected).abs().max().item()
+    own = reference.linear_self_attention_forward(x, *params) if dtype != torch.float32 else None
+    bound = error_bound(expected, dtype, own)
     err = (actual.double() - expected).abs().max().item()
     assert err <= bound, f"max abs error {err:.3g} > bound {bound:.3g} ({dtype})"
 
@@ -358,26 +349,13 @@ def test_attention_refuses_autograd_and_bad_input(device):
 
 
 def model_pair(cls, seed=0, **config_kwargs):
-    """The same randomised weights twice: eager everywhere, and fused transformer layers."""
-    eager = randomize_(cls(MobileViTV2Config.from_width(0.5, **config_kwargs)), seed).eval()
-    eager.set_attn_implementation("eager")
-    fused = cls(MobileViTV2Config.from_width(0.5, transformer_implementation="triton", **config_kwargs)).eval()
-    fused.load_state_dict(eager.state_dict())
-    return eager, fused
+    return fused_model_pair(cls, "transformer_implementation", seed, **config_kwargs)
 
 
 @pytest.fixture
 def op_calls(monkeypatch):
     """Records the backend of every call of the fused op from the model."""
-    calls = []
-    real = mk.transformer_layer
-
-    def spy(*args, **kwargs):
-        calls.append(kwargs.get("backend"))
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(mk, "transformer_layer", spy)
-    return calls
+    return record_op_calls(monkeypatch, "transformer_layer")
 
 
 @needs_cpu_triton
@@ -432,17 +410,8 @@ def test_training_and_gradients_fall_back_to_eager(op_calls):
 def test_compile_fullgraph_with_fused_layers():
     """torch.compile(fullgraph=True) traces the model with the fused op (one opaque node per layer, through
     its fake kernel) without graph breaks; aot_eager avoids Inductor's slow CPU code generation."""
-    from torch._dynamo.backends.debugging import aot_eager
-
     eager, fused = model_pair(MobileViTV2ForImageClassification, seed=2, num_labels=3)
-    targets = []
-
-    def recording_backend(gm, example_inputs):
-        targets.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
-        return aot_eager(gm, example_inputs)
-
-    torch._dynamo.reset()
-    compiled = torch.compile(fused, fullgraph=True, backend=recording_backend)
+    compiled, targets = compile_recording_ops(fused)
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         got = compiled(x).logits
