@@ -127,10 +127,10 @@ def transformer_layer(
             ``"cuda"`` has no kernel for this op and raises ``BackendUnavailableError``.
 
     The Triton backend never forms the keys: since the softmax scores sum to one, the context vector is the
-    key projection of the score-weighted mean of the normalised input. It runs five kernels (GroupNorm
-    statistics, scores with that weighted mean, the value projection + ReLU + context + output projection +
-    residual, statistics again, the FFN + residual) with float32 statistics and accumulation, and
-    GroupNorm's affine parameters folded into the following 1x1 weights.
+    key projection of the score-weighted mean of the normalised input. It runs five kernels and nothing
+    else (GroupNorm moments; scores, their weighted mean and its key projection; the value projection +
+    ReLU + context + output projection + residual; moments again; the FFN + residual), with float32
+    statistics and accumulation, reading the parameters as they are.
 
     Returns:
         (B, d, P, N) contiguous, ``x``'s dtype. Not differentiable: raises if grad mode is on and an input

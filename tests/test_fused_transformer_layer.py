@@ -168,19 +168,26 @@ def test_pieces_write_every_element(device):
         torch.testing.assert_close(mean, mean64, rtol=1e-6, atol=1e-6)
         torch.testing.assert_close((variance + 1e-5).rsqrt(), rstd64, rtol=1e-6, atol=0)
     moments = tk.sample_moments(x, num_chunks=4)
-    wq = torch.randn(d, device=device)
-    bq = torch.randn(1, device=device)
-    xbar = tk.score_mean(x, moments, 1e-5, wq, bq, out=torch.full((B, P, d), float("nan"), device=device), block_n=16)
-    xhat = (x64 - mean64[:, None, None, None]) * rstd64[:, None, None, None]
-    scores = torch.softmax(torch.einsum("c,bcpn->bpn", wq.double(), xhat) + bq.double(), dim=-1)
-    torch.testing.assert_close(xbar.double(), torch.einsum("bpn,bcpn->bpc", scores, xhat), rtol=1e-5, atol=1e-5)
     gamma, beta = torch.rand(d, device=device) + 0.5, torch.randn(d, device=device)
+    w_qkv = torch.randn(1 + 2 * d, d, device=device) / d**0.5
+    b_qkv = torch.randn(1 + 2 * d, device=device)
+    ctx = tk.score_context(x, moments, 1e-5, gamma, beta, w_qkv, b_qkv,
+                           out=torch.full((B, P, d), float("nan"), device=device), block_n=16)  # fmt: skip
+    xhat = (x64 - mean64[:, None, None, None]) * rstd64[:, None, None, None]
+    xn = xhat * gamma.double()[:, None, None] + beta.double()[:, None, None]
+    qkv = torch.einsum("oc,bcpn->bopn", w_qkv.double(), xn) + b_qkv.double()[:, None, None]
+    scores = torch.softmax(qkv[:, :1], dim=-1)
+    expected_ctx = (qkv[:, 1 : 1 + d] * scores).sum(-1).permute(0, 2, 1)  # (B, P, d): keys formed, the long way
+    torch.testing.assert_close(ctx.double(), expected_ctx, rtol=1e-5, atol=1e-5)
+    plain = tk.score_context(x, None, 0.0, None, None, w_qkv, b_qkv)  # no GroupNorm: attention on x itself
+    qkv = torch.einsum("oc,bcpn->bopn", w_qkv.double(), x64) + b_qkv.double()[:, None, None]
+    expected_plain = (qkv[:, 1 : 1 + d] * torch.softmax(qkv[:, :1], dim=-1)).sum(-1).permute(0, 2, 1)
+    torch.testing.assert_close(plain.double(), expected_plain, rtol=1e-5, atol=1e-5)
     w1, b1 = torch.randn(F, d, device=device) / d**0.5, torch.randn(F, device=device)
     w2, b2 = torch.randn(d, F, device=device) / F**0.5, torch.randn(d, device=device)
     context = torch.randn(B, P, F, device=device)
     out = tk.norm_mlp(x, moments, 1e-5, gamma, beta, w1, b1, context, w2, b2, "relu",
                       out=torch.full_like(x, float("nan")), block_l=32, block_k=16, block_f=16)  # fmt: skip
-    xn = xhat * gamma.double()[:, None, None] + beta.double()[:, None, None]
     hidden = torch.relu(torch.einsum("fc,bcpn->bfpn", w1.double(), xn) + b1.double()[:, None, None])
     hidden = hidden * context.double().permute(0, 2, 1)[..., None]
     expected = torch.einsum("cf,bfpn->bcpn", w2.double(), hidden) + b2.double()[:, None, None] + x64
@@ -469,15 +476,16 @@ def compile_layer(dtype, B, d, P, N, F):
         args, options, _ = tk.mlp_kernel_arguments(x, moments, 1e-5, vec_d, vec_d, meta(F, d, dtype=dtype), vec_f,
                                                    context, meta(d, F, dtype=dtype), vec_d, out, activation, cfg)
         print("compiled norm_mlp", activation, dtype, (B, d, P, N, F), cfg, compile_for_sm90(tk._norm_mlp_kernel, args, options))
-    args, options = tk.score_mean_kernel_arguments(x, moments, 1e-5, vec_d, meta(1), meta(B, P, d))
-    print("compiled score_mean", dtype, (B, d, P, N), compile_for_sm90(tk._score_mean_kernel, args, options))
+    w_qkv, b_qkv = meta(1 + 2 * d, d, dtype=dtype), meta(1 + 2 * d, dtype=dtype)
+    args, options = tk.score_context_kernel_arguments(x, moments, 1e-5, vec_d, vec_d, w_qkv, b_qkv, meta(B, P, d))
+    print("compiled score_context", dtype, (B, d, P, N), compile_for_sm90(tk._score_context_kernel, args, options))
     # linear_self_attention: the same kernels without normalisation (and without residual for the MLP)
     args, options, _ = tk.mlp_kernel_arguments(x, None, 0.0, None, None, meta(d, d, dtype=dtype), vec_d, meta(B, P, d),
                                                meta(d, d, dtype=dtype), vec_d, out, "relu", tk.mlp_launch_config(dtype, d, d),
                                                residual=False)
     print("compiled norm_mlp plain", dtype, (B, d, P, N), compile_for_sm90(tk._norm_mlp_kernel, args, options))
-    args, options = tk.score_mean_kernel_arguments(x, None, 0.0, vec_d, meta(1), meta(B, P, d))
-    print("compiled score_mean plain", dtype, (B, d, P, N), compile_for_sm90(tk._score_mean_kernel, args, options))
+    args, options = tk.score_context_kernel_arguments(x, None, 0.0, None, None, w_qkv, b_qkv, meta(B, P, d))
+    print("compiled score_context plain", dtype, (B, d, P, N), compile_for_sm90(tk._score_context_kernel, args, options))
     args, options = tk.moments_kernel_arguments(x, meta(B, 4, 3), 4, 1024)
     print("compiled moments", dtype, (B, d, P, N), compile_for_sm90(tk._sample_moments_kernel, args, options))
 

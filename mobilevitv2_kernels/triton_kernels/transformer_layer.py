@@ -14,14 +14,15 @@ Two identities remove most of the work of the unfused layer:
   normalised input: context = W_k' xbar + b_k' with xbar[b, :, p] = sum_n s[b,p,n] xhat[b,:,p,n]. The d x d
   key projection over all L pixels becomes one over B * P vectors.
 
-Kernels (five launches per layer, plus the folding and the (B*P, d) x (d, d) context product in PyTorch;
-under ``torch.compile`` with Inductor's freezing the folding is done once, at compile time):
+Kernels: five launches per layer, and nothing else (parameters are read as they are, in any float dtype,
+and GroupNorm's affine is applied in the kernels, so no weight preparation runs between them):
 
 1. ``_sample_moments_kernel``: per (sample, chunk) the count, mean and centred sum of squares (two passes
    over the chunk, the second from L1/L2), float32. Its consumers combine a sample's chunks themselves
    (Chan et al.'s pairwise formula, no E[x^2] - E[x]^2) in their prologue, so no PyTorch op runs between.
-2. ``_score_mean_kernel``: one program per (b, p): streams the N columns once, computing the scores and
-   an online (max-subtracted) softmax-weighted sum of the normalised columns: xbar (B, P, d) float32.
+2. ``_score_context_kernel``: one program per (b, p): streams the N columns once, computing the scores and
+   an online (max-subtracted) softmax-weighted mean of the normalised columns, then the key projection of
+   that mean: the context (B, P, d) float32.
 3. ``_norm_mlp_kernel`` (attention half): per (sample, tile of BLOCK_L pixels): for each BLOCK_F chunk of
    the hidden channels, hid = ReLU(W_v' xhat + b_v') * context, acc += W_o hid (two ``tl.dot``s with the
    hidden chunk kept on chip); out = acc + b_o + x.
@@ -102,29 +103,37 @@ def _sample_mean_rstd(moments_ptr, b, NUM_CHUNKS, PER_SAMPLE, eps, BLOCK_C: tl.c
 
 
 @triton.jit
-def _score_mean_kernel(
+def _score_context_kernel(
     x_ptr,  # (B, D, P, N), any strides
-    moments_ptr,  # (B, NUM_CHUNKS, 3) float32 from _sample_moments_kernel
-    wq_ptr,  # (D,) float32 query weights with GroupNorm's gamma folded in
-    bq_ptr,  # (1,) float32 query bias with GroupNorm's beta folded in
-    xbar_ptr,  # (B, P, D) float32 output: softmax-weighted mean of the normalised columns
+    moments_ptr,  # (B, NUM_CHUNKS, 3) float32 from _sample_moments_kernel (NORMALIZE only)
+    gamma_ptr, beta_ptr,  # (D,) GroupNorm affine, any float dtype (NORMALIZE only)
+    w_qkv_ptr,  # (1 + 2D, D) the qkv projection, rows [query, keys, values], row stride stride_w, unit columns
+    b_qkv_ptr,  # (1 + 2D,) its bias
+    ctx_ptr,  # (B, P, D) float32 output: the context vector of each (b, p)
     stride_b, stride_c, stride_p, stride_n,
+    stride_w,
     D, P, N,
     NUM_CHUNKS, PER_SAMPLE, eps,  # the moments' chunks per sample, D * P * N (float), GroupNorm's epsilon
     BLOCK_D: tl.constexpr,  # >= D, a power of two
-    BLOCK_N: tl.constexpr,
+    BLOCK_N: tl.constexpr,  # columns per step
+    BLOCK_O: tl.constexpr,  # context channels per step of the key projection
     BLOCK_C: tl.constexpr,  # >= NUM_CHUNKS, a power of two
-    NORMALIZE: tl.constexpr,  # False: xhat = x (no GroupNorm; moments_ptr unused)
+    NORMALIZE: tl.constexpr,  # False: the attention sees x itself (no GroupNorm; moments, gamma, beta unused)
 ):  # fmt: skip
     pid = tl.program_id(0)  # b * P + p
     b = pid // P
     p = pid % P
-    if NORMALIZE:
-        mean, rstd = _sample_mean_rstd(moments_ptr, b, NUM_CHUNKS, PER_SAMPLE, eps, BLOCK_C)
     offs_d = tl.arange(0, BLOCK_D)
     mask_d = offs_d < D
-    wq = tl.load(wq_ptr + offs_d, mask=mask_d, other=0.0)
-    bq = tl.load(bq_ptr)
+    # The query on xhat: w_q . (gamma * xhat + beta) + b_q = (w_q * gamma) . xhat + (w_q . beta + b_q).
+    wq = tl.load(w_qkv_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    bq = tl.load(b_qkv_ptr).to(tl.float32)
+    if NORMALIZE:
+        mean, rstd = _sample_mean_rstd(moments_ptr, b, NUM_CHUNKS, PER_SAMPLE, eps, BLOCK_C)
+        gamma = tl.load(gamma_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+        beta = tl.load(beta_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+        bq += tl.sum(wq * beta, axis=0)
+        wq = wq * gamma
     rows = x_ptr + b.to(tl.int64) * stride_b + p * stride_p + offs_d * stride_c  # (BLOCK_D,) pointers
     offs_n0 = tl.arange(0, BLOCK_N)
     m = tl.max(tl.full((BLOCK_N,), float("-inf"), tl.float32), axis=0)  # running max of the scores
@@ -146,24 +155,36 @@ def _score_mean_kernel(
         total = total * alpha + tl.sum(e, axis=0)
         acc = acc * alpha + tl.sum(xhat * e[None, :], axis=1)
         m = m_new
-    tl.store(xbar_ptr + pid.to(tl.int64) * D + offs_d, acc / total, mask=mask_d)
+    xbar = acc / total  # the score-weighted mean of the (normalised) columns: (BLOCK_D,)
+    if NORMALIZE:
+        xbar = tl.where(mask_d, xbar * gamma + beta, 0.0)  # ... of GroupNorm's output, as the keys see it
+    # The context: the key projection of that mean (the scores sum to one), W_k xbar + b_k.
+    offs_o0 = tl.arange(0, BLOCK_O)
+    ctx_row = ctx_ptr + pid.to(tl.int64) * D
+    for o0 in range(0, D, BLOCK_O):
+        offs_o = o0 + offs_o0
+        mask_o = offs_o < D
+        wk = tl.load(w_qkv_ptr + (1 + offs_o)[:, None] * stride_w + offs_d[None, :],
+                     mask=mask_o[:, None] & mask_d[None, :], other=0.0).to(tl.float32)  # fmt: skip
+        bk = tl.load(b_qkv_ptr + 1 + offs_o, mask=mask_o, other=0.0).to(tl.float32)
+        tl.store(ctx_row + offs_o, tl.sum(wk * xbar[None, :], axis=1) + bk, mask=mask_o)
 
 
 @triton.jit
 def _norm_mlp_kernel(
     x_ptr,  # (B, D, P, N), any strides: the input, normalised on the fly (NORMALIZE), and the residual
     moments_ptr,  # (B, NUM_CHUNKS, 3) float32 from _sample_moments_kernel
-    gamma_ptr, beta_ptr,  # (D,) float32 GroupNorm affine
-    w1_ptr,  # (F, D) contiguous, dot dtype: first 1x1
-    b1_ptr,  # (F,) float32
+    gamma_ptr, beta_ptr,  # (D,) GroupNorm affine, any float dtype (NORMALIZE only)
+    w1_ptr,  # (F, D) contiguous rows, dot dtype: first 1x1
+    b1_ptr,  # (F,) any float dtype
     ctx_ptr,  # (B, P, F) float32 contiguous multiplier of the hidden activation (HAS_CONTEXT only)
     w2_ptr,  # (D, F) contiguous, dot dtype: second 1x1
-    b2_ptr,  # (D,) float32
+    b2_ptr,  # (D,) any float dtype
     out_ptr,  # (B, D, P, N) contiguous, x's dtype
     stride_b, stride_c, stride_p, stride_n,
     D, F, P, N,
     NUM_L_TILES,  # cdiv(P * N, BLOCK_L)
-    NUM_CHUNKS, PER_SAMPLE, eps,  # as in _score_mean_kernel
+    NUM_CHUNKS, PER_SAMPLE, eps,  # as in _score_context_kernel
     ACTIVATION: tl.constexpr,  # "relu" or "silu"
     HAS_CONTEXT: tl.constexpr,
     BLOCK_L: tl.constexpr,  # pixels per program (N of both dots)
@@ -200,15 +221,15 @@ def _norm_mlp_kernel(
             mask = mask_k[:, None] & mask_l[None, :]
             xn = tl.load(cols[None, :] + offs_k[:, None] * stride_c, mask=mask, other=0.0).to(tl.float32)
             if NORMALIZE:
-                gamma = tl.load(gamma_ptr + offs_k, mask=mask_k, other=0.0)
-                beta = tl.load(beta_ptr + offs_k, mask=mask_k, other=0.0)
+                gamma = tl.load(gamma_ptr + offs_k, mask=mask_k, other=0.0).to(tl.float32)
+                beta = tl.load(beta_ptr + offs_k, mask=mask_k, other=0.0).to(tl.float32)
                 xn = (xn - mean) * (rstd * gamma[:, None]) + beta[:, None]  # GroupNorm's output, rounded as it is
                 xn = tl.where(mask, xn, 0.0)
             xn = xn.to(dot_dtype)  # (BLOCK_K, BLOCK_L)
             w1 = tl.load(w1_ptr + offs_f[:, None] * D + offs_k[None, :], mask=mask_f[:, None] & mask_k[None, :],
                          other=0.0).to(dot_dtype)  # fmt: skip
             hid = tl.dot(w1, xn, hid, input_precision=DOT_PRECISION)
-        hid += tl.load(b1_ptr + offs_f, mask=mask_f, other=0.0)[:, None]
+        hid += tl.load(b1_ptr + offs_f, mask=mask_f, other=0.0).to(tl.float32)[:, None]
         if ACTIVATION == "relu":
             hid = tl.maximum(hid, 0.0)
         else:
@@ -220,7 +241,7 @@ def _norm_mlp_kernel(
         w2 = tl.load(w2_ptr + offs_d[:, None] * F + offs_f[None, :], mask=mask_d[:, None] & mask_f[None, :],
                      other=0.0).to(dot_dtype)  # fmt: skip  (padded hidden rows are 0 and meet zero columns)
         acc = tl.dot(w2, hid.to(dot_dtype), acc, input_precision=DOT_PRECISION)
-    acc += tl.load(b2_ptr + offs_d, mask=mask_d, other=0.0)[:, None]
+    acc += tl.load(b2_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)[:, None]
     mask = mask_d[:, None] & mask_l[None, :]
     if RESIDUAL:
         acc += tl.load(cols[None, :] + offs_d[:, None] * stride_c, mask=mask, other=0.0).to(tl.float32)
@@ -247,7 +268,7 @@ def _max_offset(t: torch.Tensor) -> int:
 
 def sample_moments(x: torch.Tensor, num_chunks: int | None = None) -> torch.Tensor:
     """(B, chunks, 3) float32: count, mean and centred sum of squares of consecutive chunks of each sample's
-    D * P * N values, which :func:`score_mean` and :func:`norm_mlp` combine into one-group GroupNorm's
+    D * P * N values, which :func:`score_context` and :func:`norm_mlp` combine into one-group GroupNorm's
     statistics (biased variance). ``num_chunks`` per sample (default: enough programs to fill the device;
     at most MAX_MOMENT_CHUNKS)."""
     B = x.shape[0]
@@ -280,17 +301,22 @@ def moments_kernel_arguments(x, partial, num_chunks: int, chunk: int):
     return args, dict(BLOCK=MOMENTS_BLOCK, num_warps=4)
 
 
-def score_mean_kernel_arguments(x, moments, eps, wq, bq, xbar, block_n: int | None = None):
-    """(positional arguments, constexprs and launch options) of one ``_score_mean_kernel`` launch."""
+def score_context_kernel_arguments(x, moments, eps, gamma, beta, w_qkv, b_qkv, ctx, block_n: int | None = None):
+    """(positional arguments, constexprs and launch options) of one ``_score_context_kernel`` launch;
+    ``moments``, ``gamma`` and ``beta`` None: no normalisation."""
     B, D, P, N = x.shape
     block_d = max(16, triton.next_power_of_2(D))
     block_n = block_n or max(16, min(128, 8192 // block_d, triton.next_power_of_2(N)))
     if block_n < 1 or block_n & (block_n - 1):
         raise ValueError(f"block_n must be a power of two, got {block_n}")
+    if w_qkv.stride(1) != 1:
+        raise ValueError("w_qkv must have unit column stride")
     moment_args, block_c = _moments_arguments(x, moments, eps)
-    args = (x, moments if moments is not None else wq, wq, bq, xbar, *x.stride(), D, P, N, *moment_args)
-    return args, dict(BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_C=block_c, NORMALIZE=moments is not None,
-                      num_warps=4 if block_d * block_n <= 4096 else 8)  # fmt: skip
+    normalize = moments is not None
+    args = (x, moments if normalize else b_qkv, gamma if normalize else b_qkv, beta if normalize else b_qkv,
+            w_qkv, b_qkv, ctx, *x.stride(), w_qkv.stride(0), D, P, N, *moment_args)  # fmt: skip
+    return args, dict(BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_O=max(1, 8192 // block_d), BLOCK_C=block_c,
+                      NORMALIZE=normalize, num_warps=4 if block_d * block_n <= 4096 else 8)  # fmt: skip
 
 
 def mlp_launch_config(dtype: torch.dtype, d: int, f: int) -> dict[str, int]:
@@ -355,21 +381,22 @@ def norm_mlp(
     return out
 
 
-def score_mean(x: torch.Tensor, moments, eps, wq, bq, out=None, block_n: int | None = None) -> torch.Tensor:
-    """(B, P, D) float32: sum_n softmax_n(wq . xhat[:, p, n] + bq) xhat[:, p, n] for each (b, p), xhat
-    normalised with ``moments`` and ``eps`` (xhat = x when ``moments`` is None). ``out``: a preallocated
-    contiguous result; ``block_n``: columns per step (a power of two)."""
+def score_context(x: torch.Tensor, moments, eps, gamma, beta, w_qkv, b_qkv, out=None, block_n: int | None = None):
+    """(B, P, D) float32: the context vector W_k xbar + b_k of each (b, p), xbar = sum_n s_n xn_n with
+    s = softmax_n(w_q . xn_n + b_q) and xn GroupNorm's output (per-sample statistics from ``moments``,
+    affine ``gamma``, ``beta``), or x itself when those three are None. ``out``: a preallocated contiguous
+    result; ``block_n``: columns per step (a power of two)."""
     B, D, P, N = x.shape
-    xbar = torch.empty(B, P, D, dtype=torch.float32, device=x.device) if out is None else out
-    args, options = score_mean_kernel_arguments(x, moments, eps, wq, bq, xbar, block_n)
-    _score_mean_kernel[(B * P,)](*args, **options)
-    return xbar
+    ctx = torch.empty(B, P, D, dtype=torch.float32, device=x.device) if out is None else out
+    args, options = score_context_kernel_arguments(x, moments, eps, gamma, beta, w_qkv, b_qkv, ctx, block_n)
+    _score_context_kernel[(B * P,)](*args, **options)
+    return ctx
 
 
-def _fold_affine(w: torch.Tensor, b: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor):
-    """(W diag(gamma), W beta + b) in float32: a 1x1 conv after GroupNorm's affine, as one on xhat."""
-    w = w.float()
-    return w * gamma.float()[None, :], w @ beta.float() + b.float()
+def _dot_weight(w: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A 1x1 weight as the dots take it: x's dtype, unit column stride (no copy when it already is)."""
+    w = w.to(dtype)
+    return w if w.stride(1) == 1 and w.stride(0) == w.shape[1] else w.contiguous()
 
 
 def transformer_layer_forward(
@@ -393,20 +420,13 @@ def transformer_layer_forward(
     B, d, P, N = x.shape
     if max(_max_offset(x), d * P * N) >= 2**31:
         raise ValueError("transformer_layer (triton): one sample spans 2**31 elements or more")
-    dot_dtype = x.dtype
-    w_q, w_k, w_v = torch.split(w_qkv, [1, d, d])
-    b_q, b_k, b_v = torch.split(b_qkv, [1, d, d])
-
+    w_qkv = w_qkv if w_qkv.stride(1) == 1 else w_qkv.contiguous()
     moments = sample_moments(x)
-    wq, bq = _fold_affine(w_q, b_q, norm1_weight, norm1_bias)
-    xbar = score_mean(x, moments, eps, wq[0].contiguous(), bq)  # (B, P, d)
-    wk, bk = _fold_affine(w_k, b_k, norm1_weight, norm1_bias)
-    context = torch.addmm(bk, xbar.reshape(B * P, d), wk.t()).reshape(B, P, d)  # key projection of xbar
-    h = norm_mlp(x, moments, eps, norm1_weight.float(), norm1_bias.float(), w_v.to(dot_dtype).contiguous(),
-                 b_v.float(), context, w_out.to(dot_dtype).contiguous(), b_out.float(), "relu")  # fmt: skip
-
-    return norm_mlp(h, sample_moments(h), eps, norm2_weight.float(), norm2_bias.float(), w_ffn1.to(dot_dtype).contiguous(),
-                    b_ffn1.float(), None, w_ffn2.to(dot_dtype).contiguous(), b_ffn2.float(), "silu")  # fmt: skip
+    context = score_context(x, moments, eps, norm1_weight, norm1_bias, w_qkv, b_qkv)  # (B, P, d)
+    h = norm_mlp(x, moments, eps, norm1_weight, norm1_bias, _dot_weight(w_qkv[1 + d :], x.dtype), b_qkv[1 + d :],
+                 context, _dot_weight(w_out, x.dtype), b_out, "relu")  # fmt: skip
+    return norm_mlp(h, sample_moments(h), eps, norm2_weight, norm2_bias, _dot_weight(w_ffn1, x.dtype), b_ffn1,
+                    None, _dot_weight(w_ffn2, x.dtype), b_ffn2, "silu")  # fmt: skip
 
 
 def linear_self_attention_forward(
@@ -415,14 +435,12 @@ def linear_self_attention_forward(
     """The attention module alone, projections included, with the same kernels and identity (arguments as
     :func:`mobilevitv2_kernels.reference.linear_self_attention_forward`, validated by the op): the scores
     and the score-weighted mean of x in one pass, the key projection of that mean as the context, then
-    out_proj(ReLU(value_proj(x)) * context) per pixel tile. Two launches and one small matmul; neither qkv
-    nor the keys reach memory. (B, d, P, N) contiguous, x's dtype."""
+    out_proj(ReLU(value_proj(x)) * context) per pixel tile: two launches, and neither qkv nor the keys
+    reach memory. (B, d, P, N) contiguous, x's dtype."""
     B, d, P, N = x.shape
     if max(_max_offset(x), d * P * N) >= 2**31:
         raise ValueError("linear_self_attention (triton): one sample spans 2**31 elements or more")
-    w_q, w_k, w_v = torch.split(w_qkv, [1, d, d])
-    b_q, b_k, b_v = torch.split(b_qkv, [1, d, d])
-    xbar = score_mean(x, None, 0.0, w_q[0].float().contiguous(), b_q.float())  # (B, P, d)
-    context = torch.addmm(b_k.float(), xbar.reshape(B * P, d), w_k.float().t()).reshape(B, P, d)
-    return norm_mlp(x, None, 0.0, None, None, w_v.to(x.dtype).contiguous(), b_v.float(), context,
-                    w_out.to(x.dtype).contiguous(), b_out.float(), "relu", residual=False)  # fmt: skip
+    w_qkv = w_qkv if w_qkv.stride(1) == 1 else w_qkv.contiguous()
+    context = score_context(x, None, 0.0, None, None, w_qkv, b_qkv)  # (B, P, d)
+    return norm_mlp(x, None, 0.0, None, None, _dot_weight(w_qkv[1 + d :], x.dtype), b_qkv[1 + d :], context,
+                    _dot_weight(w_out, x.dtype), b_out, "relu", residual=False)  # fmt: skip
