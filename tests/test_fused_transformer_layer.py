@@ -167,6 +167,13 @@ def test_pieces_write_every_element(device):
         variance = (centred.sum(1) + (count * (chunk_mean - mean[:, None]) ** 2).sum(1)) / (d * P * N)
         torch.testing.assert_close(mean, mean64, rtol=1e-6, atol=1e-6)
         torch.testing.assert_close((variance + 1e-5).rsqrt(), rstd64, rtol=1e-6, atol=0)
+    # Far from zero (mean 300, std 1.5) the chunk-and-block merging keeps the variance (E[x^2] - E[x]^2 in
+    # float32 would be off by about 4e-3 relative here).
+    shifted = x + 300.0
+    count, chunk_mean, centred = tk.sample_moments(shifted, num_chunks=4).double().unbind(-1)
+    mean = (count * chunk_mean).sum(1) / (d * P * N)
+    variance = (centred.sum(1) + (count * (chunk_mean - mean[:, None]) ** 2).sum(1)) / (d * P * N)
+    torch.testing.assert_close(variance, shifted.double().var((1, 2, 3), unbiased=False), rtol=1e-5, atol=0)
     moments = tk.sample_moments(x, num_chunks=4)
     gamma, beta = torch.rand(d, device=device) + 0.5, torch.randn(d, device=device)
     w_qkv = torch.randn(1 + 2 * d, d, device=device) / d**0.5

@@ -17,8 +17,8 @@ Two identities remove most of the work of the unfused layer:
 Kernels: five launches per layer, and nothing else (parameters are read as they are, in any float dtype;
 no weight preparation runs between the launches):
 
-1. ``_sample_moments_kernel``: per (sample, chunk) the count, mean and centred sum of squares (two passes
-   over the chunk, the second from L1/L2), float32. Its consumers combine a sample's chunks themselves
+1. ``_sample_moments_kernel``: per (sample, chunk) the count, mean and centred sum of squares in one pass
+   (each block of values centred on its own mean, blocks merged pairwise), float32. Its consumers combine a sample's chunks themselves
    (Chan et al.'s pairwise formula, no E[x^2] - E[x]^2) in their prologue.
 2. ``_score_context_kernel``: one program per (b, p): streams the N columns once, computing the scores and
    an online (max-subtracted) softmax-weighted mean of the normalised columns, then the key projection of
@@ -68,27 +68,27 @@ def _sample_moments_kernel(
     stop = tl.minimum(start + CHUNK, PER_SAMPLE)
     x_b = x_ptr + b.to(tl.int64) * stride_b
     offs0 = tl.arange(0, BLOCK)
-    total = tl.zeros((BLOCK,), dtype=tl.float32)
-    for e0 in range(start, stop, BLOCK):
+    zero = tl.sum(tl.zeros((BLOCK,), dtype=tl.float32), axis=0)
+    count, mean, centred = zero, zero, zero  # of the blocks so far
+    for e0 in range(start, stop, BLOCK):  # one pass: each block's own moments, merged (Chan et al.)
         e = e0 + offs0
+        valid = e < stop
         c = e // (P * N)
         pn = e % (P * N)
-        v = tl.load(x_b + c * stride_c + (pn // N) * stride_p + (pn % N) * stride_n, mask=e < stop, other=0.0)
-        total += v.to(tl.float32)
-    count = (stop - start).to(tl.float32)
-    mean = tl.sum(total, axis=0) / count
-    centred = tl.zeros((BLOCK,), dtype=tl.float32)
-    for e0 in range(start, stop, BLOCK):  # second pass: the chunk is in L1/L2
-        e = e0 + offs0
-        c = e // (P * N)
-        pn = e % (P * N)
-        v = tl.load(x_b + c * stride_c + (pn // N) * stride_p + (pn % N) * stride_n, mask=e < stop, other=0.0)
-        dev = tl.where(e < stop, v.to(tl.float32) - mean, 0.0)
-        centred += dev * dev
+        v = tl.load(x_b + c * stride_c + (pn // N) * stride_p + (pn % N) * stride_n, mask=valid, other=0.0)
+        v = v.to(tl.float32)
+        block_count = tl.sum(valid.to(tl.float32), axis=0)  # >= 1: e0 < stop
+        block_mean = tl.sum(v, axis=0) / block_count
+        dev = tl.where(valid, v - block_mean, 0.0)
+        merged = count + block_count
+        delta = block_mean - mean
+        mean += delta * (block_count / merged)
+        centred += tl.sum(dev * dev, axis=0) + delta * delta * (count * block_count / merged)
+        count = merged
     out = partial_ptr + (b * NUM_CHUNKS + chunk) * 3
     tl.store(out, count)
     tl.store(out + 1, mean)
-    tl.store(out + 2, tl.sum(centred, axis=0))
+    tl.store(out + 2, centred)
 
 
 @triton.jit
