@@ -354,6 +354,8 @@ MODEL_PROVIDERS: dict[str, tuple[str, dict, dict | None]] = {
     "ours fused all": ("ours", {"attn": "auto", "conv": "auto", "transformer": "auto"}, None),
     "ours fused all compiled": ("ours", {"attn": "auto", "conv": "auto", "transformer": "auto"}, {"fullgraph": True}),
     "ours fused all compiled reduce-overhead": ("ours", {"attn": "auto", "conv": "auto", "transformer": "auto"}, {"fullgraph": True, "mode": "reduce-overhead"}),
+    # The same with Triton for the patching and attention ops where "auto" would pick the CUDA extension.
+    "ours fused all (triton only)": ("ours", {"attn": "triton", "conv": "auto", "transformer": "auto"}, None),
     "ours fused all compiled frozen": ("ours", {"attn": "auto", "conv": "auto", "transformer": "auto"}, _FROZEN),
     "ours fused all compiled frozen cudagraphs": ("ours", {"attn": "auto", "conv": "auto", "transformer": "auto"}, _FROZEN_GRAPHS),
     "transformers compiled frozen cudagraphs": ("transformers", {}, {"options": _FROZEN_GRAPHS["options"]}),
@@ -591,7 +593,7 @@ def target_cases(device: torch.device, quick: bool = False) -> list[Case]:
     # keeps what ran), the extra comparisons last.
     cases = model_cases(1.0, 256, low, device, baseline="transformers compiled",
                         providers=["transformers compiled", "transformers eager"] + best
-                        + [f"{best[0]} compiled", f"{best[0]} compiled frozen"])
+                        + ["ours fused all (triton only)", f"{best[0]} compiled", f"{best[0]} compiled frozen"])
     cases += model_cases(1.0, 1, low, device, baseline="transformers compiled reduce-overhead",
                          providers=["transformers compiled reduce-overhead", best[0],
                                     f"{best[0]} compiled frozen cudagraphs", f"{best[0]} compiled reduce-overhead"])
