@@ -102,3 +102,15 @@ def test_main_writes_the_targets_files(tmp_path, capsys):
     assert data["environment"]["device"].startswith("CPU") and data["environment"]["torch"] == torch.__version__
     assert (tmp_path / "run.csv").read_text().startswith("device,commit,group,provider")
     assert "speed-up" in capsys.readouterr().out
+
+
+def test_every_uncompiled_provider_builds_and_passes_its_check():
+    """Each provider that needs no compilation builds its model, runs, and matches ours eager in fp32 (on the
+    CPU "auto" means eager and "triton" runs under the interpreter), so a typo in the table cannot cost a
+    GPU run."""
+    pytest.importorskip("transformers")
+    providers = [p for p, (_, _, compile_kwargs) in bm.MODEL_PROVIDERS.items() if compile_kwargs is None]
+    assert "ours fused all (triton only)" in providers
+    cases = bm.model_cases(0.5, 1, torch.float32, CPU, size=64, providers=providers)
+    results = bm.run_cases(cases, CPU, reps=1, progress=False)
+    assert [r.error for r in results] == [None] * len(providers), results
