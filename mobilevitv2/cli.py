@@ -50,8 +50,9 @@ def _open_image(path: str, header_only: bool = False):
     return image
 
 
-def _load_model(model_id: str, task: str, attn_implementation: str = "auto"):
-    """(model, directory) for ``task``, refusing a checkpoint made for the other task before loading it."""
+def _load_model(model_id: str, task: str, args: argparse.Namespace):
+    """(model, directory) for ``task``, refusing a checkpoint made for the other task before loading it, with
+    the implementations the command line names (``--attn-implementation``, and the inference fusions)."""
     directory = resolve_directory(model_id)
     config = MobileViTV2Config.from_pretrained(directory)
     if config.architectures and ARCHITECTURES[task].lower() not in [a.lower() for a in config.architectures]:
@@ -61,7 +62,13 @@ def _load_model(model_id: str, task: str, attn_implementation: str = "auto"):
         )
     cls = MobileViTV2ForSemanticSegmentation if task == "segmentation" else MobileViTV2ForImageClassification
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = cls.from_pretrained(directory, attn_implementation=attn_implementation, device=device)
+    model = cls.from_pretrained(
+        directory,
+        device=device,
+        attn_implementation=args.attn_implementation,
+        conv_implementation=args.conv_implementation,
+        transformer_implementation=args.transformer_implementation,
+    )
     return model, directory
 
 
@@ -82,7 +89,7 @@ def _processor(directory: str, task: str):
 def cmd_predict(args: argparse.Namespace) -> int:
     for path in args.images:  # fail before loading the model
         _open_image(path, header_only=True)
-    model, directory = _load_model(args.model, "classification", args.attn_implementation)
+    model, directory = _load_model(args.model, "classification", args)
     processor = _processor(directory, "classification")
     device = next(model.parameters()).device
     k = max(1, min(args.top_k, model.config.num_labels))
@@ -125,7 +132,7 @@ def palette(num_classes: int) -> np.ndarray:
 
 def cmd_segment(args: argparse.Namespace) -> int:
     image = _open_image(args.image)
-    model, directory = _load_model(args.model, "segmentation", args.attn_implementation)
+    model, directory = _load_model(args.model, "segmentation", args)
     # The whole image, resized but not cropped, so the mask covers every pixel of it.
     processor = _processor(directory, "segmentation")
     processor.do_center_crop = False
@@ -211,12 +218,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="MobileViTV2: predict, segment, convert, export, benchmark")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     attn = dict(choices=["auto", "eager", "triton", "cuda"], default="auto", help="attention/patching implementation (default auto)")
+    fused = dict(choices=["eager", "triton", "auto"], default="eager")
+    conv_help = "fused inverted residuals and local convs, inference only (default eager)"
+    transformer_help = "fused transformer layers, inference only (default eager)"
     model_help = "a transformers-format checkpoint directory or a Hugging Face Hub id"
 
     p = sub.add_parser("predict", help="top-k labels for images with an image-classification checkpoint")
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--model", required=True, help=model_help)
     p.add_argument("--attn-implementation", **attn)
+    p.add_argument("--conv-implementation", help=conv_help, **fused)
+    p.add_argument("--transformer-implementation", help=transformer_help, **fused)
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_predict)
@@ -228,6 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overlay", help="also write the image with the class colours blended over it")
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the class colours (default 0.5)")
     p.add_argument("--attn-implementation", **attn)
+    p.add_argument("--conv-implementation", help=conv_help, **fused)
+    p.add_argument("--transformer-implementation", help=transformer_help, **fused)
     p.set_defaults(func=cmd_segment)
 
     p = sub.add_parser("convert", help="a timm or ml-cvnets state dict -> a transformers-format directory")

@@ -92,6 +92,35 @@ def test_predict_table_uses_the_preprocessor_config(files, capsys):
     assert lines[1].split() == [f"{probs[best].item():.2%}", LABELS[best]]
 
 
+def test_predict_with_the_inference_fusions(files, capsys, monkeypatch):
+    """--conv-implementation and --transformer-implementation reach the model: its fused ops are called with
+    the backend asked for (and run here on the reference backend, so this tests the plumbing quickly; the
+    kernels have their own tests), and the answer is the eager one."""
+    import mobilevitv2_kernels as mk
+
+    requested = []
+    for name in ("inverted_residual", "transformer_layer"):
+        real = getattr(mk, name)
+
+        def on_reference(*args, _real=real, _name=name, **kwargs):
+            requested.append((_name, kwargs.pop("backend")))
+            return _real(*args, backend="reference", **kwargs)
+
+        monkeypatch.setattr(mk, name, on_reference)
+    argv = ["predict", files / "photo.jpg", "--model", files / "cls", "--json", "--top-k", "3"]
+    code, eager_out, _ = run(argv, capsys)
+    assert code == 0 and requested == []
+    code, fused_out, _ = run(argv + ["--conv-implementation", "triton", "--transformer-implementation", "triton"], capsys)
+    assert code == 0
+    assert sorted(set(requested)) == [("inverted_residual", "triton"), ("transformer_layer", "triton")]
+    eager, fused = json.loads(eager_out)[0]["predictions"], json.loads(fused_out)[0]["predictions"]
+    assert [p["index"] for p in fused] == [p["index"] for p in eager]
+    assert np.allclose([p["probability"] for p in fused], [p["probability"] for p in eager], atol=1e-5)
+    with pytest.raises(SystemExit) as exit_info:  # argparse's usage error
+        run(argv + ["--transformer-implementation", "fast"], capsys)
+    assert exit_info.value.code == 2 and "invalid choice: 'fast'" in capsys.readouterr().err
+
+
 def test_segment_writes_full_size_mask_and_overlay(files, capsys, tmp_path):
     mask_path, overlay_path = tmp_path / "out" / "mask.png", tmp_path / "out" / "overlay.png"
     code, out, _ = run(["segment", files / "photo.jpg", "--model", files / "seg", "--out", mask_path, "--overlay", overlay_path], capsys)
