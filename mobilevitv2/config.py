@@ -42,7 +42,6 @@ WIDTH_PRESETS = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0)
 ATTN_IMPLEMENTATIONS = ("auto", "eager", "triton", "cuda")
 # The inference-only fusions (conv_implementation, transformer_implementation) take these values.
 FUSED_IMPLEMENTATIONS = ("eager", "triton", "auto")
-CONV_IMPLEMENTATIONS = TRANSFORMER_IMPLEMENTATIONS = FUSED_IMPLEMENTATIONS
 RUNTIME_OPTIONS = ("attn_implementation", "conv_implementation", "transformer_implementation")
 NON_DIVISIBLE_PATCHING = ("zero_fill", "resize")
 # Keys of a transformers config that describe the file rather than the model; accepted and dropped.
