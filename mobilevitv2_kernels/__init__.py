@@ -9,7 +9,7 @@ Exceptions: ``inverted_residual``, ``transformer_layer`` and ``linear_self_atten
 """
 
 from mobilevitv2_kernels import reference
-from mobilevitv2_kernels.backends import BACKEND_NAMES, BackendUnavailableError, available_backends
+from mobilevitv2_kernels.backends import BACKEND_NAMES, BackendUnavailableError, KernelCheckError, available_backends
 from mobilevitv2_kernels.folding import fold_batchnorm
 from mobilevitv2_kernels.inverted_residual import inverted_residual
 from mobilevitv2_kernels.linear_self_attention import linear_self_attention
@@ -20,6 +20,7 @@ from mobilevitv2_kernels.transformer_layer import transformer_layer
 __all__ = [
     "BACKEND_NAMES",
     "BackendUnavailableError",
+    "KernelCheckError",
     "available_backends",
     "fold",
     "fold_batchnorm",

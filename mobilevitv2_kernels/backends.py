@@ -10,7 +10,9 @@ dtype. Not every backend has every op: :data:`UNSUPPORTED_OPS` lists the gaps (t
 kernel for the three inference-only ops), and the
 functions below take an optional ``op`` name so that ``"auto"`` never picks a backend that lacks it.
 Backends are loaded lazily, once per process; a backend that cannot load (no Triton, no GPU, no compiler,
-a failed build) is reported with its reason and never breaks ``import mobilevitv2_kernels``.
+a failed build) is reported with its reason and never breaks ``import mobilevitv2_kernels``. A backend
+that loads is still not trusted blindly: its first use for an op on a (device, dtype) is checked against
+the reference (:mod:`mobilevitv2_kernels.self_check`), and one that disagrees is not used there.
 """
 
 from __future__ import annotations
@@ -22,15 +24,25 @@ from types import ModuleType
 
 import torch
 
+from mobilevitv2_kernels import self_check
+from mobilevitv2_kernels.numerics import KERNEL_DTYPES
+
 BACKEND_NAMES = ("reference", "triton", "cuda")
-KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # Ops a backend does not implement (op names as in the ``mobilevitv2::`` namespace). A backend not listed
 # implements every op.
 UNSUPPORTED_OPS = {"cuda": frozenset({"inverted_residual", "transformer_layer", "linear_self_attention"})}
+# The backends "auto" tries, in order, per device type; the reference is the last resort everywhere. On the
+# CPU the Triton interpreter is a test vehicle, not a fast path, so "auto" takes the reference there.
+AUTO_ORDER: dict[str, tuple[str, ...]] = {"cuda": ("cuda", "triton")}
 
 
 class BackendUnavailableError(RuntimeError):
     """Raised when an explicitly requested backend cannot run here; the message says why."""
+
+
+class KernelCheckError(BackendUnavailableError):
+    """Raised when an explicitly requested backend failed its first-use check against the reference
+    (:mod:`mobilevitv2_kernels.self_check`) for the op, device and dtype at hand."""
 
 
 def triton_interpreter_enabled() -> bool:
@@ -98,18 +110,30 @@ def available_backends(device: str | torch.device | None = None, op: str | None 
     return [name for name in BACKEND_NAMES if unavailable_reason(name, device_type, op) is None]
 
 
-def auto_backend(device_type: str, dtype: torch.dtype, op: str | None = None) -> str:
-    """The backend ``"auto"`` selects for ``op``. On the CPU this is always the reference (the Triton
-    interpreter is a test vehicle, not a fast path). On CUDA: the CUDA extension, then Triton, then the
-    reference, skipping a backend that lacks ``op``.
+@torch.compiler.assume_constant_result  # run once at trace time under torch.compile, like unavailable_reason
+def check_failure(name: str, op: str, device_type: str, device_index: int | None, dtype: torch.dtype) -> str | None:
+    """None if backend ``name`` (available here) computes ``op`` on the device in ``dtype`` as the reference
+    does; else why not. The first call per (backend, op, device, dtype) runs one small case
+    (:func:`mobilevitv2_kernels.self_check.verdict`); later calls reuse that verdict."""
+    if name == "reference":
+        return None
+    return self_check.verdict(name, _load(name), op, torch.device(device_type, device_index), dtype)
 
-    Provisional: the CUDA-before-Triton order is not yet backed by a measurement (no GPU has run
-    ``bench/gpu_check_kernels.py`` so far). Both kernels read qkv once and write the output once; when the
-    timings exist, this order follows them per shape and dtype."""
-    if device_type != "cuda" or dtype not in KERNEL_DTYPES:
+
+def auto_backend(device: str | torch.device, dtype: torch.dtype, op: str | None = None) -> str:
+    """The backend ``"auto"`` selects for ``op`` on ``device``: the first of :data:`AUTO_ORDER` that is
+    available, has a kernel for ``op`` and (for a named ``op``) passed its first-use check on this device
+    and dtype; else the reference. On the CPU this is always the reference.
+
+    Provisional: the CUDA-before-Triton order is not yet backed by a measurement on a GPU; the timings of
+    ``bench/gpu_all.sh measure`` decide it per op."""
+    device = torch.device(device)
+    if dtype not in KERNEL_DTYPES:
         return "reference"
-    for name in ("cuda", "triton"):
-        if unavailable_reason(name, device_type, op) is None:
+    for name in AUTO_ORDER.get(device.type, ()):
+        if unavailable_reason(name, device.type, op) is not None:
+            continue
+        if op is None or check_failure(name, op, device.type, device.index, dtype) is None:
             return name
     return "reference"
 
@@ -118,7 +142,7 @@ def resolve(backend: str, tensor: torch.Tensor, op: str | None = None) -> str:
     """Turn a user's backend choice into a concrete backend for ``op`` (default: the common ops) on
     ``tensor``, or raise a clear error."""
     if backend == "auto":
-        return auto_backend(tensor.device.type, tensor.dtype, op)
+        return auto_backend(tensor.device, tensor.dtype, op)
     reason = unavailable_reason(backend, tensor.device.type, op)
     if reason is not None:
         raise BackendUnavailableError(
@@ -130,6 +154,13 @@ def resolve(backend: str, tensor: torch.Tensor, op: str | None = None) -> str:
             f"backend {backend!r} supports float32, float16 and bfloat16, got {tensor.dtype}; "
             "use backend='reference' for other dtypes"
         )
+    if op is not None:
+        failure = check_failure(backend, op, tensor.device.type, tensor.device.index, tensor.dtype)
+        if failure is not None:
+            raise KernelCheckError(
+                f"backend {backend!r} computes {op} wrongly on {tensor.device} in {tensor.dtype} (its first-use "
+                f"check against the reference: {failure}); use backend='auto' to fall back, or 'reference'"
+            )
     return backend
 
 

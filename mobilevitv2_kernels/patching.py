@@ -122,7 +122,7 @@ def unfold(x: torch.Tensor, patch_size: int | tuple[int, int] = (2, 2), backend:
     """
     patch_h, patch_w = _pair(patch_size)
     check_unfold_input(x, patch_h, patch_w)
-    return torch.ops.mobilevitv2.unfold(x, patch_h, patch_w, backends.resolve(backend, x))
+    return torch.ops.mobilevitv2.unfold(x, patch_h, patch_w, backends.resolve(backend, x, "unfold"))
 
 
 def fold(
@@ -136,4 +136,4 @@ def fold(
     patch_h, patch_w = _pair(patch_size)
     height, width = (int(s) for s in output_size)
     check_fold_input(patches, height, width, patch_h, patch_w)
-    return torch.ops.mobilevitv2.fold(patches, height, width, patch_h, patch_w, backends.resolve(backend, patches))
+    return torch.ops.mobilevitv2.fold(patches, height, width, patch_h, patch_w, backends.resolve(backend, patches, "fold"))

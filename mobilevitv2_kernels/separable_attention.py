@@ -104,4 +104,4 @@ def separable_attention(qkv: torch.Tensor, backend: str = "auto") -> torch.Tenso
         The kernels accumulate in float32. Differentiable with respect to ``qkv``.
     """
     check_qkv(qkv)
-    return torch.ops.mobilevitv2.separable_attention(qkv, backends.resolve(backend, qkv))
+    return torch.ops.mobilevitv2.separable_attention(qkv, backends.resolve(backend, qkv, "separable_attention"))
