@@ -83,6 +83,7 @@ import triton.language as tl
 
 from mobilevitv2_kernels.backends import triton_interpreter_enabled
 from mobilevitv2_kernels.inverted_residual import output_memory_format
+from mobilevitv2_kernels.triton_kernels.launch import on_tensor_device
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -572,6 +573,7 @@ def halo_kernel_arguments(
     return args, meta, (num_programs,)
 
 
+@on_tensor_device
 def inverted_residual_forward(
     x: torch.Tensor,
     w_expand: torch.Tensor,

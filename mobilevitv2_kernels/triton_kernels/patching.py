@@ -16,6 +16,8 @@ import torch
 import triton
 import triton.language as tl
 
+from mobilevitv2_kernels.triton_kernels.launch import on_tensor_device
+
 _TILE = 4096  # elements per (BLOCK_R, BLOCK_M) tile
 _MAX_BLOCK_M = 1024
 
@@ -106,6 +108,7 @@ def _check_out(out: torch.Tensor | None, like: torch.Tensor, shape: tuple[int, .
     return out
 
 
+@on_tensor_device
 def unfold_forward(x: torch.Tensor, patch_h: int, patch_w: int, *, out: torch.Tensor | None = None) -> torch.Tensor:
     """(B, C, H, W) -> (B, C, ph*pw, (H//ph)*(W//pw)) contiguous, transformers' patch ordering."""
     B, C, H, W = x.shape
@@ -132,6 +135,7 @@ def unfold_forward(x: torch.Tensor, patch_h: int, patch_w: int, *, out: torch.Te
     return out
 
 
+@on_tensor_device
 def fold_forward(
     patches: torch.Tensor,
     height: int,

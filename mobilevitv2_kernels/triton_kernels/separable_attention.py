@@ -28,6 +28,8 @@ import torch
 import triton
 import triton.language as tl
 
+from mobilevitv2_kernels.triton_kernels.launch import on_tensor_device
+
 # Elements of one (BLOCK_D, BLOCK_N) register tile; the launchers size blocks to about this many.
 _TILE = 2048
 # Largest N handled in one block (one pass, everything read once); larger N loops over blocks.
@@ -336,6 +338,7 @@ def _target_programs(device: torch.device) -> int:
     return 4 * torch.cuda.get_device_properties(device).multi_processor_count
 
 
+@on_tensor_device
 def separable_attention_forward(
     qkv: torch.Tensor,
     *,
@@ -372,6 +375,7 @@ def separable_attention_forward(
     return out
 
 
+@on_tensor_device
 def separable_attention_backward(
     grad_out: torch.Tensor,
     qkv: torch.Tensor,

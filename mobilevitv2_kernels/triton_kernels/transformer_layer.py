@@ -49,6 +49,7 @@ import triton
 import triton.language as tl
 
 from mobilevitv2_kernels.backends import triton_interpreter_enabled
+from mobilevitv2_kernels.triton_kernels.launch import on_tensor_device
 
 
 @triton.jit
@@ -270,6 +271,7 @@ def _max_offset(t: torch.Tensor) -> int:
     return sum((size - 1) * abs(stride) for size, stride in zip(t.shape[1:], t.stride()[1:]))
 
 
+@on_tensor_device
 def sample_moments(x: torch.Tensor, num_chunks: int | None = None) -> torch.Tensor:
     """(B, chunks, 3) float32: count, mean and centred sum of squares of consecutive chunks of each sample's
     D * P * N values, which :func:`score_context` and :func:`norm_mlp` combine into one-group GroupNorm's
@@ -361,6 +363,7 @@ def mlp_kernel_arguments(
     return args, meta, (B * num_l_tiles,)
 
 
+@on_tensor_device
 def norm_mlp(
     x, moments, eps, gamma, beta, w1, b1, context, w2, b2, activation: str, out=None, residual: bool = True, **overrides
 ) -> torch.Tensor:
@@ -385,6 +388,7 @@ def norm_mlp(
     return out
 
 
+@on_tensor_device
 def score_context(x: torch.Tensor, moments, eps, gamma, beta, w_qkv, b_qkv, out=None, block_n: int | None = None):
     """(B, P, D) float32: the context vector W_k xbar + b_k of each (b, p), xbar = sum_n s_n xn_n with
     s = softmax_n(w_q . xn_n + b_q) and xn GroupNorm's output (per-sample statistics from ``moments``,
@@ -403,6 +407,7 @@ def _dot_weight(w: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return w if w.stride(1) == 1 and w.stride(0) == w.shape[1] else w.contiguous()
 
 
+@on_tensor_device
 def transformer_layer_forward(
     x: torch.Tensor,
     norm1_weight: torch.Tensor,
@@ -433,6 +438,7 @@ def transformer_layer_forward(
                     None, _dot_weight(w_ffn2, x.dtype), b_ffn2, "silu")  # fmt: skip
 
 
+@on_tensor_device
 def linear_self_attention_forward(
     x: torch.Tensor, w_qkv: torch.Tensor, b_qkv: torch.Tensor, w_out: torch.Tensor, b_out: torch.Tensor
 ) -> torch.Tensor:
