@@ -22,6 +22,8 @@ warns once per process that the ops fall back to the next backend; importing the
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import logging
 import os
@@ -240,6 +242,29 @@ def _nvidia_wheel_includes() -> list[str]:
     return [str(path) for path in candidates if path.is_dir()]
 
 
+@contextlib.contextmanager
+def _exclusive_build(build_directory: str, torch_uses_lock_file: bool):
+    """Hold an OS lock on the build directory while torch builds or loads there and, where torch's build
+    lock is a plain file, remove one left by a killed build first.
+
+    torch before 2.14 guards a build with a ``lock`` file (``FileBaton``) that only a finished build removes:
+    a build killed midway (a timeout, Ctrl-C) leaves it behind, and every later ``load()`` waits on it
+    forever. Our own lock is an ``flock``, which the OS releases when its process dies, so while we hold it
+    no build of ours is running: such a file present then was left by a killed one. (Newer torch holds an
+    OS lock itself; its lock file stays between builds and means nothing.)"""
+    with open(os.path.join(build_directory, "mobilevitv2_build.flock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # waits while another process of ours builds here
+        try:
+            torch_lock = os.path.join(build_directory, "lock")
+            if torch_uses_lock_file and os.path.exists(torch_lock):
+                print(f"mobilevitv2_kernels: removing {torch_lock}, left by an interrupted build", file=sys.stderr, flush=True)
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(torch_lock)
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def _build(verbose: bool, announce: bool) -> BuildResult:
     if torch.version.cuda is None:
         raise BackendUnavailableError(f"this PyTorch build ({torch.__version__}) has no CUDA support")
@@ -290,16 +315,17 @@ def _build(verbose: bool, announce: bool) -> BuildResult:
     saved_cuda_home = cpp_extension.CUDA_HOME
     cpp_extension.CUDA_HOME = cuda_home  # torch reads its module global for nvcc and -L<cuda>/lib64
     try:
-        extension = cpp_extension.load(
-            name=name,
-            sources=[str(sources / source) for source in SOURCES],
-            extra_cflags=["-O3"],
-            extra_cuda_cflags=cuda_flags,
-            extra_include_paths=includes,
-            build_directory=build_directory,
-            with_cuda=True,
-            verbose=verbose,
-        )
+        with _exclusive_build(build_directory, torch_uses_lock_file=hasattr(cpp_extension, "FileBaton")):
+            extension = cpp_extension.load(
+                name=name,
+                sources=[str(sources / source) for source in SOURCES],
+                extra_cflags=["-O3"],
+                extra_cuda_cflags=cuda_flags,
+                extra_include_paths=includes,
+                build_directory=build_directory,
+                with_cuda=True,
+                verbose=verbose,
+            )
     except Exception as exc:  # compiler errors arrive as RuntimeError with the ninja output
         raise BackendUnavailableError(f"building the CUDA extension failed: {exc}") from exc
     finally:

@@ -121,6 +121,31 @@ def test_cli_build_reports_the_cached_build(built):
     assert "up to date" in result.stdout and built.kernels.path in result.stdout
 
 
+@pytest.mark.parametrize("torch_uses_lock_file", [True, False])
+def test_build_removes_a_stale_lock_left_by_a_killed_build(built, monkeypatch, torch_uses_lock_file):
+    """torch before 2.14 (FileBaton) waits forever on a ``lock`` file that a killed build left in the build
+    directory: the build removes it first, while holding its own OS lock (so it cannot be a live build's).
+    Newer torch locks with the OS itself, and its lock file is left alone."""
+    from torch.utils import cpp_extension
+
+    stale = Path(built.build_directory) / "lock"
+    stale.write_text("")
+    seen = []
+    real_load = cpp_extension.load
+
+    def load(*args, **kwargs):
+        seen.append(stale.exists())
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(cpp_extension, "load", load)
+    if torch_uses_lock_file:
+        monkeypatch.setattr(cpp_extension, "FileBaton", object, raising=False)
+    else:
+        monkeypatch.delattr(cpp_extension, "FileBaton", raising=False)
+    again = cuda_extension.build(verbose=False)
+    assert again.cached and seen == [not torch_uses_lock_file]
+
+
 def test_cli_usage():
     for argv in ([], ["--help"]):
         result = subprocess.run(
