@@ -146,7 +146,8 @@ def check(backend: str, module, op: str, device: torch.device, dtype: torch.dtyp
     worst = (-1.0, 0.0, 0.0)  # (error / bound, error, bound) of the worst output so far
     failure = None
     try:
-        with torch.no_grad():
+        # no autocast: a caller's autocast region would recast the reference runs and so move the bound
+        with torch.no_grad(), torch.autocast(device.type, enabled=False):
             tensors, calls = CASES[op](torch.Generator().manual_seed(0))
             low = [t.to(dtype).to(device) for t in tensors]
             exact = [t.double().cpu() for t in low]

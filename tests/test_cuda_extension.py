@@ -36,11 +36,7 @@ DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 # max|err| <= atol + rtol * max|expected| + factor * max|error of PyTorch computing the same in that dtype|,
 # against a float64 oracle. The kernels accumulate in float32.
-TOLERANCES = {
-    torch.float32: dict(atol=1e-6, rtol=1e-5, factor=0.0),
-    torch.float16: dict(atol=1e-5, rtol=2.0**-10, factor=2.0),
-    torch.bfloat16: dict(atol=1e-4, rtol=2.0**-7, factor=2.0),
-}
+from mobilevitv2_kernels.numerics import TOLERANCES  # noqa: E402  (the rules, shared with the package)
 
 
 @pytest.fixture(autouse=True)

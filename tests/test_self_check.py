@@ -189,6 +189,15 @@ def test_compiled_call_checks_at_trace_time(auto_tries_triton_on_cpu):
     assert [(r.op, r.backend, r.ok) for r in self_check.report()] == [("separable_attention", "triton", True)]
 
 
+def test_a_callers_autocast_does_not_reach_the_check(triton_module):
+    """The check's own PyTorch runs (the reference, and PyTorch's float16 error that sets the bound) must
+    not be recast by an autocast region the first call happens to be in."""
+    plain = self_check.check("triton", triton_module, "inverted_residual", torch.device("cpu"), torch.float16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        recast = self_check.check("triton", triton_module, "inverted_residual", torch.device("cpu"), torch.float16)
+    assert recast.ok and (recast.error, recast.bound) == (plain.error, plain.bound), (plain, recast)
+
+
 def test_reference_and_float64_are_never_checked():
     x = torch.randn(1, 2, 4, 4, dtype=torch.float64)
     mk.unfold(x, 2, backend="reference")

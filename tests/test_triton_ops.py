@@ -23,11 +23,7 @@ DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 # fp16/bf16 follow the flash-attention convention (at most 2x PyTorch's own low-precision error); rtol is
 # one unit in the last place of the largest value, since rounding an exact fp32 result once may already
 # lose half of one where PyTorch got lucky on a few elements.
-TOLERANCES = {
-    torch.float32: dict(atol=1e-6, rtol=1e-5, factor=0.0),
-    torch.float16: dict(atol=1e-5, rtol=2.0**-10, factor=2.0),
-    torch.bfloat16: dict(atol=1e-4, rtol=2.0**-7, factor=2.0),
-}
+from mobilevitv2_kernels.numerics import TOLERANCES  # noqa: E402  (the rules, shared with the package)
 
 
 @pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
