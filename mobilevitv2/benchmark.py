@@ -15,9 +15,11 @@ import datetime
 import json
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -26,6 +28,7 @@ import torch
 
 from mobilevitv2_kernels import available_backends
 from mobilevitv2_kernels import reference as kernel_reference
+from mobilevitv2_kernels.numerics import strict_fp32
 
 
 @dataclass
@@ -174,17 +177,46 @@ def format_table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
-def write_results(path_prefix: str, env: dict, results: list[Result]) -> tuple[str, str]:
-    """Write ``<prefix>.json`` (environment + rows) and ``<prefix>.csv`` (rows with device and commit)."""
+def _write_atomically(path: str, write: Callable[[object], None]) -> None:
+    """``write(file)`` into a temporary file next to ``path``, then rename it over ``path``, so that a run
+    killed mid-write leaves the previous complete file, never a truncated one."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_results(
+    path_prefix: str, env: dict, results: list[Result], not_run: list[tuple[str, str]] | None = None
+) -> tuple[str, str]:
+    """Write ``<prefix>.json`` (environment + rows), ``<prefix>.csv`` (rows with device and commit) and
+    ``<prefix>.txt`` (the environment and :func:`format_table`), each replaced atomically; ``not_run``
+    lists the (group, provider) cases still to run (written to the .json and .txt, so that a run stopped
+    by a time limit says what it never reached). Returns the .json and .csv paths."""
     os.makedirs(os.path.dirname(os.path.abspath(path_prefix)), exist_ok=True)
     rows = [asdict(r) for r in results]
-    with open(path_prefix + ".json", "w") as f:
-        json.dump({"environment": env, "results": rows}, f, indent=1)
-    with open(path_prefix + ".csv", "w", newline="") as f:
+    data = {"environment": env, "results": rows}
+    if not_run is not None:
+        data["not_run"] = [{"group": g, "provider": p} for g, p in not_run]
+    _write_atomically(path_prefix + ".json", lambda f: json.dump(data, f, indent=1))
+
+    def write_csv(f):
         writer = csv.DictWriter(f, fieldnames=["device", "commit"] + list(rows[0]) if rows else ["device"])
         writer.writeheader()
         for row in rows:
             writer.writerow({"device": env["device"], "commit": env["commit"], **row})
+
+    _write_atomically(path_prefix + ".csv", write_csv)
+    header = ", ".join(f"{k} {env.get(k)}" for k in ("device", "torch", "triton", "transformers", "commit", "date") if k in env)
+    text = header + "\n\n" + format_table(results) + "\n"
+    if not_run:
+        text += f"\nnot run ({len(not_run)}):\n" + "".join(f"  {g} | {p}\n" for g, p in not_run)
+    _write_atomically(path_prefix + ".txt", lambda f: f.write(text))
     return path_prefix + ".json", path_prefix + ".csv"
 
 
@@ -241,11 +273,32 @@ class MultiHeadSelfAttention(torch.nn.Module):
         return self.out(y.transpose(1, 2).reshape(S, T, D))
 
 
+ATTENTION_PROVIDERS = (
+    "separable eager",
+    "separable fused",
+    "separable fused key-free (inference op)",
+    "multi-head SDPA",
+    "nn.MultiheadAttention",
+)
+
+
 def attention_scaling_cases(
-    n: int, tokens: int, dim: int, dtype: torch.dtype, device: torch.device, backward: bool, heads: int = 4
+    n: int,
+    tokens: int,
+    dim: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    backward: bool,
+    heads: int = 4,
+    providers: list[str] | None = None,
+    baseline: str = "separable eager",
 ) -> list[Case]:
     """Separable vs multi-head attention modules (projections included) at a fixed token budget:
-    separable runs on (tokens/(4N), d, 4, N), multi-head on tokens/N sequences of N tokens."""
+    separable runs on (tokens/(4N), d, 4, N), multi-head on tokens/N sequences of N tokens.
+
+    ``providers`` (names from :data:`ATTENTION_PROVIDERS`, run in the order given) default to every one that
+    applies (the fused ones on CUDA; the key-free op without backward); ``baseline`` is the group's
+    reference for the speed-up column."""
     from mobilevitv2 import MobileViTV2Config
     from mobilevitv2.blocks import MobileViTV2LinearSelfAttention
 
@@ -267,36 +320,63 @@ def attention_scaling_cases(
             return call
         return lambda: f(x).sum().backward()
 
-    cases = [
-        Case(group, "separable eager", run(lambda t: separable(t, "eager"), patches), baseline=True, items=B * P * n),
-        Case(group, "multi-head SDPA", run(mha, sequences), items=B * P * n),
-        Case(group, "nn.MultiheadAttention", run(lambda t: torch_mha(t, t, t, need_weights=False)[0], sequences), items=B * P * n),
-    ]
-    if device.type == "cuda":
-        cases.insert(1, Case(group, "separable fused", run(lambda t: separable(t, "auto"), patches), items=B * P * n))
-        if not backward:  # the inference op: projections fused too, qkv never formed
+    if providers is None:
+        providers = [p for p in ATTENTION_PROVIDERS if device.type == "cuda" or "fused" not in p]
+        providers = [p for p in providers if not (backward and "key-free" in p)]
+    unknown = [p for p in providers if p not in ATTENTION_PROVIDERS]
+    if unknown:
+        raise ValueError(f"unknown attention providers {unknown}; known: {list(ATTENTION_PROVIDERS)}")
+    if backward and any("key-free" in p for p in providers):
+        raise ValueError("the key-free attention op is inference-only; it has no backward")
+
+    def make(provider):
+        if provider == "separable eager":
+            return run(lambda t: separable(t, "eager"), patches)
+        if provider == "separable fused":
+            return run(lambda t: separable(t, "auto"), patches)
+        if provider == "separable fused key-free (inference op)":  # projections fused too, qkv never formed
             from mobilevitv2_kernels import linear_self_attention
 
             weights = (separable.qkv_proj.convolution.weight.flatten(1), separable.qkv_proj.convolution.bias,
                        separable.out_proj.convolution.weight.flatten(1), separable.out_proj.convolution.bias)  # fmt: skip
-            cases.insert(2, Case(group, "separable fused key-free (inference op)",
-                                 run(lambda t: linear_self_attention(t, *weights), patches), items=B * P * n))  # fmt: skip
-    return cases
+            return run(lambda t: linear_self_attention(t, *weights), patches)
+        if provider == "multi-head SDPA":
+            return run(mha, sequences)
+        return run(lambda t: torch_mha(t, t, t, need_weights=False)[0], sequences)
+
+    return [Case(group, p, make(p), baseline=p == baseline, items=B * P * n) for p in providers]
+
+
+TRANSFORMER_LAYER_PROVIDERS = ("module eager", "module compiled", "fused op")
 
 
 def transformer_layer_cases(
-    batch: int, dim: int, n: int, dtype: torch.dtype, device: torch.device, compiled: bool = True
+    batch: int,
+    dim: int,
+    n: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    compiled: bool = True,
+    providers: list[str] | None = None,
+    baseline: str = "module eager",
 ) -> list[Case]:
     """One MobileViTV2 transformer layer at inference on (batch, dim, 4, n) patches (FFN width 2 x dim):
     the module eager (baseline) and compiled, and the fused ``mobilevitv2::transformer_layer`` op (Triton),
-    each output checked against the float32 module first. Bytes: x read and y written once."""
+    each output checked against the float32 module (TF32 off) first. Bytes: x read and y written once.
+    ``providers`` (from :data:`TRANSFORMER_LAYER_PROVIDERS`) default to the module eager, compiled unless
+    ``compiled`` is false, and the fused op on CUDA."""
+    if providers is None:
+        providers = ["module eager"] + (["module compiled"] if compiled else []) + (["fused op"] if device.type == "cuda" else [])
+    unknown = [p for p in providers if p not in TRANSFORMER_LAYER_PROVIDERS]
+    if unknown:
+        raise ValueError(f"unknown transformer layer providers {unknown}; known: {list(TRANSFORMER_LAYER_PROVIDERS)}")
     from mobilevitv2 import MobileViTV2Config
     from mobilevitv2.blocks import MobileViTV2TransformerLayer
 
     group = f"transformer layer ({batch},{dim},4,{n}) {_dtype_name(dtype)} inference"
     layer = _randomize_for_check(MobileViTV2TransformerLayer(MobileViTV2Config(), dim, 2 * dim)).to(device).eval()
     x32 = torch.randn(batch, dim, 4, n, device=device, generator=torch.Generator(device).manual_seed(0))
-    with torch.no_grad():
+    with torch.no_grad(), strict_fp32():  # the oracle in full float32: TF32 would round like the fp16 it judges
         expected = layer(x32)
     layer = layer.to(dtype)
     x = x32.to(dtype)
@@ -320,9 +400,8 @@ def transformer_layer_cases(
 
         return run, check
 
-    providers = ["module eager"] + (["module compiled"] if compiled else []) + (["fused op"] if device.type == "cuda" else [])
     nbytes = 2 * x.numel() * x.element_size()
-    return [Case(group, p, _Deferred(build, p), baseline=p == "module eager", items=batch, bytes_moved=nbytes)
+    return [Case(group, p, _Deferred(build, p), baseline=p == baseline, items=batch, bytes_moved=nbytes)
             for p in providers]  # fmt: skip
 
 
@@ -396,7 +475,9 @@ def relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
 
 # A provider whose output differs from ours-eager-in-fp32 by more than this (relative L2) is reported as
 # wrong and not timed: a coarse guard against a broken kernel on a new device, not a numerics test (the
-# test suite is that). TF32 convolutions (cuDNN's default for float32) stay well inside 1e-2.
+# test suite is that). The fp32 oracle is computed with TF32 off (numerics.strict_fp32), so it is exact to
+# float32 rounding; a float32 provider itself runs with PyTorch's defaults, where cuDNN convolutions use
+# TF32 (a 10-bit mantissa, ~1e-3 relative per layer), which stays well inside 1e-2 for the whole model.
 CHECK_TOLERANCE = {torch.float32: 1e-2, torch.float16: 5e-2, torch.bfloat16: 1e-1}
 
 
@@ -456,7 +537,7 @@ def model_cases(
     if not training:  # ours eager, fp32, same weights and input: what every provider's output must match
         reference_model = ours_class(our_config()).set_attn_implementation("eager", check=False)
         reference_model.load_state_dict(weights)
-        with torch.no_grad():
+        with torch.no_grad(), strict_fp32():  # full float32: with TF32 the oracle would round like fp16 does
             expected = reference_model.to(device).eval()(x).logits.float()
         del reference_model
 
@@ -571,48 +652,97 @@ def default_cases(device: torch.device) -> list[Case]:
     return cases
 
 
+@dataclass(frozen=True)
+class TargetGroup:
+    """One performance target and the one group of cases that decides it: the baseline the target is
+    measured against and our provider(s) it is about, nothing else (every provider costs device time, a
+    compiled one tens of seconds of compilation). ``builder`` names the case builder ("model",
+    "transformer_layer" or "attention_scaling"); ``kwargs`` are its arguments besides dtype, device and the
+    providers."""
+
+    target: str
+    builder: str
+    kwargs: dict
+    dtype: torch.dtype
+    baseline: str
+    ours: tuple[str, ...]
+
+    @property
+    def providers(self) -> list[str]:
+        return [self.baseline, *self.ours]  # the baseline first: a time limit keeps a group's speed-ups
+
+    @property
+    def compiles(self) -> int:
+        """How many providers of the group are compiled with torch.compile."""
+        compiled = {p for p, (_, _, kw) in MODEL_PROVIDERS.items() if kw is not None} | {"module compiled"}
+        return sum(p in compiled for p in self.providers)
+
+
+_FUSED_ATTENTION = ("separable fused", "separable fused key-free (inference op)")
+# The GPU targets, width 1.0, ordered by compile time (a time limit keeps what ran first): the groups
+# without any torch.compile first, the two compiled model groups last.
+TARGET_GROUPS: tuple[TargetGroup, ...] = (
+    TargetGroup("DeepLabV3 512x512 OS16 batch 32 fp16 inference, vs transformers eager", "model",
+                dict(width=1.0, batch=32, size=512, task="segmentation", output_stride=16), torch.float16,
+                "transformers eager", ("ours fused all",)),
+    TargetGroup("bf16-autocast training step at batch 128, vs transformers eager", "model",
+                dict(width=1.0, batch=128, training=True), torch.bfloat16, "transformers eager", ("ours fused",)),
+    *(TargetGroup(f"transformer layer (256,{dim},4,{n}) fp16: the fused op vs the module", "transformer_layer",
+                  dict(batch=256, dim=dim, n=n), torch.float16, "module eager", ("fused op",))
+      for dim, n in ((128, 256), (192, 64), (256, 16))),  # width 1.0's three stages at 256x256
+    *(TargetGroup(f"separable vs flash multi-head attention, N={n}", "attention_scaling",
+                  dict(n=n, tokens=1_048_576, dim=256, backward=False), torch.float16, "multi-head SDPA",
+                  _FUSED_ATTENTION)
+      for n in (64, 256, 1024, 4096, 16384)),
+    TargetGroup("fp16 inference at batch 256, vs transformers compiled", "model", dict(width=1.0, batch=256),
+                torch.float16, "transformers compiled", ("ours fused all", "ours fused all compiled")),
+    TargetGroup("fp16 inference at batch 1, vs transformers compiled with CUDA graphs", "model",
+                dict(width=1.0, batch=1), torch.float16, "transformers compiled reduce-overhead",
+                ("ours fused all compiled reduce-overhead",)),
+)  # fmt: skip
+
+
 def target_cases(device: torch.device, quick: bool = False) -> list[Case]:
-    """The performance targets, each group against the baseline its target names: width 1.0, fp16
-    inference at batch 256 against transformers compiled, at batch 1 against transformers compiled with
-    reduce-overhead (CUDA graphs), a bf16-autocast training step at batch 128 and DeepLabV3 at 512x512 OS 16
-    batch 32 against transformers eager; then separable vs flash multi-head attention over N.
+    """The performance targets (:data:`TARGET_GROUPS`), each group against the baseline its target names,
+    with only the providers that decide it: width 1.0, DeepLabV3 at 512x512 OS 16 batch 32 and a
+    bf16-autocast training step at batch 128 against transformers eager, one transformer layer at each
+    stage shape, separable vs flash multi-head attention over N, fp16 inference at batch 256 against
+    transformers compiled and at batch 1 against transformers compiled with reduce-overhead (CUDA graphs).
     ``quick``: tiny shapes, nothing compiled, for a dry run of the same code on any device."""
     gpu = device.type == "cuda"
     low = torch.float16 if gpu else torch.float32
-    best = ["ours fused all", "ours fused+conv", "ours fused"] if gpu else ["ours eager"]
     if quick:
+        best = ["ours fused all", "ours fused+conv", "ours fused"] if gpu else ["ours eager"]
         return (
             model_cases(0.5, 2, low, device, size=64, providers=["transformers eager"] + best, compiled=False)
             + model_cases(0.5, 2, low, device, size=64, providers=["transformers eager", best[-1]], training=True)
             + model_cases(0.5, 1, low, device, size=128, task="segmentation", output_stride=16, providers=["transformers eager"] + best)
             + transformer_layer_cases(2, 32, 16, low, device, compiled=False)
             + attention_scaling_cases(64, 4096, 64, low, device, backward=False)
-        )
-    # Ordered by what the targets need most and by compile time (a time limit keeps what ran first).
-    # Every torch.compile costs tens of seconds: the providers each target needs come first (a time limit
-    # keeps what ran), the extra comparisons last.
-    cases = model_cases(1.0, 256, low, device, baseline="transformers compiled",
-                        providers=["transformers compiled", "transformers eager"] + best
-                        + ["ours fused all (triton only)", f"{best[0]} compiled", f"{best[0]} compiled frozen"])
-    cases += model_cases(1.0, 1, low, device, baseline="transformers compiled reduce-overhead",
-                         providers=["transformers compiled reduce-overhead", best[0],
-                                    f"{best[0]} compiled frozen cudagraphs", f"{best[0]} compiled reduce-overhead"])
-    cases += model_cases(1.0, 32, low, device, size=512, task="segmentation", output_stride=16,
-                         providers=["transformers eager"] + best)
-    for dim, n in ((128, 256), (192, 64), (256, 16)):  # width 1.0's three stages at 256x256
-        cases += transformer_layer_cases(256, dim, n, low, device)
-    for n in (64, 256, 1024, 4096, 16384):
-        cases += attention_scaling_cases(n, 1_048_576, 256, low, device, backward=False)
-    cases += model_cases(1.0, 128, torch.bfloat16, device, training=True,
-                         providers=["transformers eager", best[-1], "transformers compiled", f"{best[-1]} compiled"])
-    # More of the batch-1 group (same group, so against the same baseline): transformers frozen, ours without
-    # the fused transformer layers.
-    cases += model_cases(1.0, 1, low, device, baseline="transformers compiled reduce-overhead",
-                         providers=["transformers compiled frozen cudagraphs", f"{best[1]} compiled reduce-overhead"])
-    return cases  # fmt: skip
+        )  # fmt: skip
+    cases = []
+    for group in sorted(TARGET_GROUPS, key=lambda g: g.compiles):  # stable: the table's order otherwise
+        kwargs = dict(group.kwargs)
+        dtype = group.dtype if gpu or group.dtype != torch.float16 else torch.float32  # no fp16 convs on a CPU
+        if group.builder == "model":
+            width, batch = kwargs.pop("width"), kwargs.pop("batch")
+            cases += model_cases(width, batch, dtype, device, providers=group.providers, baseline=group.baseline,
+                                 **kwargs)  # fmt: skip
+        elif group.builder == "transformer_layer":
+            cases += transformer_layer_cases(kwargs["batch"], kwargs["dim"], kwargs["n"], dtype, device,
+                                             providers=group.providers, baseline=group.baseline)  # fmt: skip
+        else:
+            cases += attention_scaling_cases(kwargs["n"], kwargs["tokens"], kwargs["dim"], dtype, device,
+                                             kwargs["backward"], providers=group.providers,
+                                             baseline=group.baseline)  # fmt: skip
+    return cases
 
 
 SUITES = {"default": default_cases, "targets": target_cases}
+
+
+class _Stopped(BaseException):
+    """SIGTERM arrived (a time limit): the results so far are already written."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -620,16 +750,18 @@ def main(argv: list[str] | None = None) -> int:
         prog="mobilevitv2 bench",
         description="Run the default benchmark sweep on this machine's device (GPU: the attention core at the three "
         "stage shapes and width 1.0 at batch 1 and 256 in fp16, against transformers eager and compiled; CPU: a "
-        "one-minute fp32 version) and write a JSON and a CSV with the device, versions and commit.",
+        "one-minute fp32 version) and write a JSON, a CSV and a text table with the device, versions and commit "
+        "(rewritten after every case).",
     )
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda if present)")
-    parser.add_argument("--out", default=None, help="results path prefix (writes .json and .csv); default bench-results/<device>-<date>")
+    parser.add_argument("--out", default=None, help="results path prefix (writes .json, .csv and .txt after every case); default bench-results/<device>-<suite>-<date>")
     parser.add_argument("--reps", type=int, default=10, help="timed repetitions per case (median reported)")
     parser.add_argument(
         "--suite", choices=sorted(SUITES), default="default",
-        help="default: the sweep above; targets: the performance targets (width 1.0: fp16 batch 256 vs transformers "
-        "compiled, batch 1 vs reduce-overhead, bf16 training step at 128, DeepLabV3 512px OS16 batch 32, "
-        "separable vs flash attention over N)",
+        help="default: the sweep above; targets: the performance targets, each group with only its baseline and "
+        "our providers it is about, groups without torch.compile first (width 1.0: DeepLabV3 512px OS16 batch 32 and "
+        "a bf16 training step at 128 vs transformers eager, a transformer layer per stage, separable vs flash "
+        "attention over N, fp16 batch 256 vs transformers compiled, batch 1 vs reduce-overhead)",
     )  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="with --suite targets: tiny shapes, nothing compiled")
     args = parser.parse_args(argv)
@@ -639,8 +771,26 @@ def main(argv: list[str] | None = None) -> int:
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     prefix = args.out or os.path.join("bench-results", f"{device.type}-{args.suite}-{stamp}")
     cases = target_cases(device, quick=args.quick) if args.suite == "targets" else default_cases(device)
-    results = run_cases(cases, device, reps=args.reps, after_each=lambda partial: write_results(prefix, env, partial))
-    json_path, csv_path = write_results(prefix, env, results)
+
+    latest: list[Result] = []
+
+    def after_each(partial: list[Result]) -> None:  # a time limit keeps every finished case, and the table
+        latest[:] = partial
+        write_results(prefix, env, partial, not_run=[(c.group, c.provider) for c in cases[len(partial):]])
+
+    def stop(signum, frame):
+        raise _Stopped(signal.Signals(signum).name)
+
+    previous = signal.signal(signal.SIGTERM, stop)  # a time limit's SIGTERM: print what ran, exit cleanly
+    try:
+        results = run_cases(cases, device, reps=args.reps, after_each=after_each)
+    except _Stopped as exc:
+        print(format_table(latest))
+        print(f"\nstopped by {exc} after {len(latest)} of {len(cases)} cases; {prefix}.json/.csv/.txt hold them")
+        return 128 + signal.SIGTERM
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    json_path, csv_path = write_results(prefix, env, results, not_run=[])
     print(format_table(results))
-    print(f"\nwrote {json_path} and {csv_path}")
+    print(f"\nwrote {json_path}, {csv_path} and {prefix}.txt")
     return 0

@@ -1,10 +1,20 @@
 """The benchmark harness (mobilevitv2/benchmark.py): providers as data, the output check that keeps a wrong
 provider from being timed, speed-ups against the named baseline, partial results written after every case,
-and the targets suite end to end on tiny CPU shapes (its GPU run is bench/gpu_all.sh)."""
+the targets suite end to end on tiny CPU shapes (its GPU run is bench/gpu_all.sh) and the providers each
+target runs; and bench/gpu_check_kernels.py: its CPU dry run, its results file after every measurement, its
+exit status without a GPU and on SIGTERM."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -101,6 +111,8 @@ def test_main_writes_the_targets_files(tmp_path, capsys):
     data = json.loads((tmp_path / "run.json").read_text())
     assert data["environment"]["device"].startswith("CPU") and data["environment"]["torch"] == torch.__version__
     assert (tmp_path / "run.csv").read_text().startswith("device,commit,group,provider")
+    assert bm.format_table([bm.Result(**row) for row in data["results"]]) in (tmp_path / "run.txt").read_text()
+    assert data["not_run"] == []
     assert "speed-up" in capsys.readouterr().out
 
 
@@ -114,3 +126,258 @@ def test_every_uncompiled_provider_builds_and_passes_its_check():
     cases = bm.model_cases(0.5, 1, torch.float32, CPU, size=64, providers=providers)
     results = bm.run_cases(cases, CPU, reps=1, progress=False)
     assert [r.error for r in results] == [None] * len(providers), results
+
+
+def test_write_results_writes_a_table_and_what_has_not_run(tmp_path):
+    """After every case the .txt holds the readable table, and the files say which cases never ran."""
+    prefix = str(tmp_path / "sub" / "t")
+    env = {"device": "CPU (test)", "commit": "abc", "torch": torch.__version__}
+    results = [bm.Result("g", "base", 2.0, speedup=1.0), bm.Result("g", "ours", 1.0, speedup=2.0)]
+    paths = bm.write_results(prefix, env, results, not_run=[("g", "later")])
+    assert paths == (prefix + ".json", prefix + ".csv")
+    text = (tmp_path / "sub" / "t.txt").read_text()
+    assert bm.format_table(results) in text and "CPU (test)" in text and "abc" in text
+    assert "not run (1)" in text and "g | later" in text
+    data = json.loads((tmp_path / "sub" / "t.json").read_text())
+    assert data["not_run"] == [{"group": "g", "provider": "later"}]
+    assert not [p for p in (tmp_path / "sub").iterdir() if p.name.endswith(".tmp")]  # temp files renamed away
+
+
+# ----- the targets suite: each group runs its baseline and our providers, nothing else ------------------------
+
+# What decides each target (the GPU suite, in run order: groups without torch.compile first).
+EXPECTED_TARGET_GROUPS = [
+    ("model", {"batch": 32, "task": "segmentation", "size": 512}, ["transformers eager", "ours fused all"]),
+    ("model", {"batch": 128, "training": True}, ["transformers eager", "ours fused"]),
+    *[("transformer_layer", {"dim": dim}, ["module eager", "fused op"]) for dim in (128, 192, 256)],
+    *[("attention_scaling", {"n": n}, ["multi-head SDPA", "separable fused", "separable fused key-free (inference op)"])
+      for n in (64, 256, 1024, 4096, 16384)],
+    ("model", {"batch": 256}, ["transformers compiled", "ours fused all", "ours fused all compiled"]),
+    ("model", {"batch": 1}, ["transformers compiled reduce-overhead", "ours fused all compiled reduce-overhead"]),
+]  # fmt: skip
+
+
+def test_every_target_group_runs_exactly_its_baseline_and_ours(monkeypatch):
+    """The GPU targets suite, with the case builders replaced by recorders (nothing is built or run): every
+    group asks for exactly the baseline its target names and our providers it is about, flags that baseline,
+    and the groups without compiled providers come first."""
+    calls = []
+
+    def recorder(builder, names):
+        def build(*args, providers, baseline, **kwargs):
+            calls.append((builder, {**dict(zip(names, args)), **kwargs}, list(providers), baseline))
+            group = f"{builder} {len(calls)}"
+            return [bm.Case(group, p, lambda: None, baseline=p == baseline) for p in providers]
+
+        return build
+
+    monkeypatch.setattr(bm, "model_cases", recorder("model", ["width", "batch", "dtype", "device"]))
+    monkeypatch.setattr(bm, "transformer_layer_cases", recorder("transformer_layer", ["batch", "dim", "n", "dtype", "device"]))
+    monkeypatch.setattr(bm, "attention_scaling_cases", recorder("attention_scaling", ["n", "tokens", "dim", "dtype", "device", "backward"]))  # fmt: skip
+    cases = bm.target_cases(torch.device("cuda"))
+    assert len(calls) == len(EXPECTED_TARGET_GROUPS)
+    for (builder, kwargs, providers, baseline), (want_builder, want_kwargs, want_providers) in zip(calls, EXPECTED_TARGET_GROUPS):
+        assert builder == want_builder and {k: kwargs[k] for k in want_kwargs} == want_kwargs, (builder, kwargs)
+        assert providers == want_providers and baseline == want_providers[0], (kwargs, providers, baseline)
+        assert kwargs["dtype"] == (torch.bfloat16 if kwargs.get("training") else torch.float16)
+        assert kwargs.get("width", 1.0) == 1.0
+    by_group = {}
+    for case in cases:
+        by_group.setdefault(case.group, []).append(case)
+    assert [[c.provider for c in g] for g in by_group.values()] == [p for _, _, p in EXPECTED_TARGET_GROUPS]
+    assert all([c.baseline for c in g] == [True] + [False] * (len(g) - 1) for g in by_group.values())
+    compiles = [g.compiles for g in sorted(bm.TARGET_GROUPS, key=lambda g: g.compiles)]
+    assert compiles == sorted(compiles) and compiles[0] == 0 and compiles[-1] > 0
+
+
+def test_attention_and_transformer_layer_builders_take_the_providers_given():
+    cases = bm.attention_scaling_cases(16, 256, 16, torch.float32, CPU, False, baseline="multi-head SDPA",
+                                       providers=["multi-head SDPA", "separable fused", "separable fused key-free (inference op)"])  # fmt: skip
+    assert [(c.provider, c.baseline) for c in cases] == [
+        ("multi-head SDPA", True), ("separable fused", False), ("separable fused key-free (inference op)", False)]  # fmt: skip
+    results = bm.run_cases(cases, CPU, reps=1, progress=False)  # on the CPU "auto" runs the reference
+    assert [r.error for r in results] == [None] * 3 and results[0].speedup == pytest.approx(1.0)
+    default = bm.attention_scaling_cases(16, 256, 16, torch.float32, CPU, False)
+    assert [c.provider for c in default] == ["separable eager", "multi-head SDPA", "nn.MultiheadAttention"]
+    with pytest.raises(ValueError, match="unknown attention providers"):
+        bm.attention_scaling_cases(16, 256, 16, torch.float32, CPU, False, providers=["flash"])
+    layer = bm.transformer_layer_cases(2, 16, 4, torch.float32, CPU, providers=["module eager", "fused op"])
+    assert [(c.provider, c.baseline) for c in layer] == [("module eager", True), ("fused op", False)]
+
+
+# ----- float32 oracles with TF32 off --------------------------------------------------------------------------
+
+
+def test_fp32_oracles_are_computed_with_tf32_off(monkeypatch):
+    """model_cases' and transformer_layer_cases' float32 oracle runs with TF32 off for convolutions and
+    matmuls (a TF32 "fp32 reference" rounds like the fp16 it judges), and the settings come back after."""
+    from mobilevitv2 import MobileViTV2ForImageClassification
+    from mobilevitv2.blocks import MobileViTV2TransformerLayer
+
+    seen = []
+
+    def spy(cls):
+        forward = cls.forward
+
+        def recording(self, *args, **kwargs):
+            seen.append((cls.__name__, torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32))
+            return forward(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "forward", recording)
+
+    spy(MobileViTV2ForImageClassification)
+    spy(MobileViTV2TransformerLayer)
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True  # what a GPU run may have
+    try:
+        bm.model_cases(0.5, 1, torch.float32, CPU, size=64, providers=["ours eager"])
+        model_calls = [s for s in seen if s[0] == "MobileViTV2ForImageClassification"]
+        assert model_calls == [("MobileViTV2ForImageClassification", False, False)]  # the oracle, the only call
+        seen.clear()
+        bm.transformer_layer_cases(2, 16, 4, torch.float32, CPU, providers=["module eager"])
+        assert seen == [("MobileViTV2TransformerLayer", False, False)]
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+# ----- bench/gpu_check_kernels.py -----------------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parent.parent
+GPU_CHECK = REPO / "bench" / "gpu_check_kernels.py"
+
+
+def _gpu_check_module():
+    spec = importlib.util.spec_from_file_location("gpu_check_kernels", GPU_CHECK)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _timed_values(data: dict) -> list[float]:
+    """Every timing in the file (keys "ms", "fwd_ms", ...) of the sections and the copies."""
+    values = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if re.fullmatch(r"(\w+_)?ms", key) and isinstance(value, (int, float)):
+                    values.append(value)
+                else:
+                    walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk([data["sections"], data["copies"]])
+    return sorted(values)
+
+
+def test_gpu_check_kernels_smoke_records_the_variant_comparison_first(tmp_path):
+    """The CPU dry run (Triton interpreter, tiny shapes) exits 0 and its file starts with both inverted-residual
+    kernel variants at each block shape, each checked against the oracle before it was timed."""
+    out = tmp_path / "kernels.json"
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    proc = subprocess.run([sys.executable, str(GPU_CHECK), "--smoke", "--out", str(out)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert data["finished"] is True and data["errors"] == []
+    assert {"device", "torch", "triton", "commit"} <= set(data) and data["torch"] == torch.__version__
+    assert "tests" not in data
+    sections = list(data["sections"])
+    assert sections[0] == "ir_variants"
+    assert sections[1:] == ["inverted_residual", "attention", "patching"]  # nothing compiled, no sweep
+    rows = data["sections"]["ir_variants"]
+    blocks = {r["block"] for r in rows}
+    assert {r["shape"][-1] for r in rows} == {1, 2}  # both strides
+    for block in blocks:
+        variants = {r["variant"]: r for r in rows if r["block"] == block}
+        assert set(variants) == {"recompute", "halo"}
+        for r in variants.values():
+            assert r["within_bound"] and r["max_abs_err"] <= r["bound"] and r["ms"] > 0
+    assert set(data["summary"]["ir_variant_choice"]) == blocks
+
+
+def test_gpu_check_kernels_file_holds_every_measurement_before_a_kill(tmp_path):
+    """With a timer that returns k at its k-th call, a full run records every value 1..T; a run killed at the
+    N-th timing (mid-way through an attention row) leaves exactly 1..N-1 in the file, the killed row's
+    error checks included; a kill at the first timing leaves the first kernel's check."""
+    module = _gpu_check_module()
+
+    class Killed(BaseException):  # like a time limit's signal: nothing in the script catches it
+        pass
+
+    def timer(kill_at=None):
+        count = [0]
+
+        def time_it(fn, rep):
+            count[0] += 1
+            if count[0] == kill_at:
+                raise Killed
+            return float(count[0])
+
+        return time_it
+
+    full = tmp_path / "full.json"
+    assert module.main(["--smoke", "--out", str(full)], timer=timer()) == 0
+    data = json.loads(full.read_text())
+    total = len(_timed_values(data))
+    assert total > 20 and _timed_values(data) == [float(k) for k in range(1, total + 1)]
+
+    first_attention = data["sections"]["attention"][0]
+    kill_at = int(first_attention["bwd_ms"])
+    killed = tmp_path / "killed.json"
+    with pytest.raises(Killed):
+        module.main(["--smoke", "--out", str(killed)], timer=timer(kill_at))
+    partial = json.loads(killed.read_text())
+    assert partial["finished"] is False
+    assert _timed_values(partial) == [float(k) for k in range(1, kill_at)]
+    row = partial["sections"]["attention"][0]
+    assert row["fwd_ms"] == first_attention["fwd_ms"] and "bwd_ms" not in row
+    assert row["fwd_within_bound"] and row["bwd_within_bound"]  # checked before anything was timed
+    assert partial["sections"]["ir_variants"] == data["sections"]["ir_variants"]
+
+    first = tmp_path / "first.json"
+    with pytest.raises(Killed):
+        module.main(["--smoke", "--out", str(first)], timer=timer(1))
+    partial = json.loads(first.read_text())
+    assert _timed_values(partial) == [] and list(partial["sections"]) == ["ir_variants"]
+    assert partial["sections"]["ir_variants"][0]["within_bound"] is True
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without a GPU")
+def test_gpu_check_kernels_without_a_gpu_fails_with_a_message(tmp_path):
+    out = tmp_path / "kernels.json"
+    proc = subprocess.run([sys.executable, str(GPU_CHECK), "--out", str(out), "--rep", "50"], cwd=REPO,
+                          env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 2
+    assert "no CUDA device" in proc.stderr and "--smoke" in proc.stderr
+    assert not out.exists()
+
+
+def test_gpu_check_kernels_stopped_by_sigterm_keeps_its_results(tmp_path):
+    """A time limit's SIGTERM mid-run: exit status 143, the file valid, marked as stopped, nothing lost."""
+    out = tmp_path / "kernels.json"
+    proc = subprocess.Popen([sys.executable, str(GPU_CHECK), "--smoke", "--out", str(out)], cwd=REPO,
+                            env={**os.environ, "TRITON_INTERPRET": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:
+            if out.exists() and len(_timed_values(json.loads(out.read_text()))) >= 3:  # atomic: always whole
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.communicate()[0][-3000:]
+        measured = len(_timed_values(json.loads(out.read_text())))
+        proc.send_signal(signal.SIGTERM)
+        output = proc.communicate(timeout=120)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, output[-3000:]
+    data = json.loads(out.read_text())
+    assert data["stopped_by"] == "SIGTERM" and data["finished"] is False
+    assert len(_timed_values(data)) >= measured and list(data["sections"])[0] == "ir_variants"
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
