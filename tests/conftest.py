@@ -9,3 +9,6 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+pytest_plugins = ["failure_log"]  # MOBILEVITV2_FAILURE_LOG: failures written as they happen

@@ -205,3 +205,36 @@ def test_gpu_training_step_and_compile(backend, exact_fp32):
             for _ in range(3):  # CUDA graphs record on a later call
                 got = compiled(x).logits
             assert_close_fp32(got.clone(), expected, f"compiled ({mode}) logits", tol=1e-4)
+
+
+GPU_TASKS = {
+    "classification": (MobileViTV2ForImageClassification, dict(num_labels=10)),
+    "segmentation OS16": (MobileViTV2ForSemanticSegmentation, dict(num_labels=4, output_stride=16)),
+    "segmentation OS8": (MobileViTV2ForSemanticSegmentation, dict(num_labels=4, output_stride=8)),
+}
+
+
+@gpu
+@needs_gpu
+@pytest.mark.parametrize("task", list(GPU_TASKS))
+@pytest.mark.parametrize("backend", gpu_backends() or ["none"])
+def test_gpu_every_fusion_matches_eager(task, backend, exact_fp32):
+    """Attention on ``backend``, inverted residuals and transformer layers fused (Triton), at inference:
+    fp32 within 1e-5 of the eager model, fp16/bf16 within twice the eager model's own error against fp32."""
+    if backend == "none":
+        pytest.skip("no fused backend on this GPU machine")
+    cls, config_kwargs = GPU_TASKS[task]
+    eager, fused = pair(cls, **config_kwargs)
+    eager = eager.cuda()
+    fused = fused.cuda().set_attn_implementation(backend).set_conv_implementation("triton")
+    fused.set_transformer_implementation("triton")
+    x = torch.randn(2, 3, 256, 256, device="cuda")
+    with torch.no_grad():
+        reference = eager(x).logits
+        assert_nontrivial(reference, f"eager {task} logits")
+        assert_close_fp32(fused(x).logits, reference, f"{task} {backend} fp32 logits")
+        for dtype in (torch.float16, torch.bfloat16):
+            eager_err = max_abs_diff(eager.to(dtype)(x.to(dtype)).logits, reference)
+            fused_err = max_abs_diff(fused.to(dtype)(x.to(dtype)).logits, reference)
+            assert fused_err <= 2 * eager_err + 1e-3, f"{task} {backend} {dtype}: {fused_err} vs eager's own {eager_err}"
+            eager.float(), fused.float()
