@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import functools
 import importlib
-import os
 from types import ModuleType
 
 import torch
 
 from mobilevitv2_kernels import self_check
+from mobilevitv2_kernels.common import BackendUnavailableError, KernelCheckError, triton_interpreter_enabled  # noqa: F401
 from mobilevitv2_kernels.numerics import KERNEL_DTYPES
 
 BACKEND_NAMES = ("reference", "triton", "cuda")
@@ -34,21 +34,6 @@ UNSUPPORTED_OPS = {"cuda": frozenset({"inverted_residual", "transformer_layer", 
 # The backends "auto" tries, in order, per device type; the reference is the last resort everywhere. On the
 # CPU the Triton interpreter is a test vehicle, not a fast path, so "auto" takes the reference there.
 AUTO_ORDER: dict[str, tuple[str, ...]] = {"cuda": ("cuda", "triton")}
-
-
-class BackendUnavailableError(RuntimeError):
-    """Raised when an explicitly requested backend cannot run here; the message says why."""
-
-
-class KernelCheckError(BackendUnavailableError):
-    """Raised when an explicitly requested backend failed its first-use check against the reference
-    (:mod:`mobilevitv2_kernels.self_check`) for the op, device and dtype at hand."""
-
-
-def triton_interpreter_enabled() -> bool:
-    """True when Triton kernels run on CPU tensors through ``TRITON_INTERPRET=1`` (read once per call site
-    that asks; never inside a kernel launch)."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 @functools.cache

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from mobilevitv2_kernels.backends import BackendUnavailableError
+from mobilevitv2_kernels.common import BackendUnavailableError
 
 DISABLE_ENV = "MOBILEVITV2_DISABLE_CUDA_EXT"
 SOURCES = ("separable_attention.cu", "patching.cu", "bindings.cpp")

@@ -24,22 +24,14 @@ from __future__ import annotations
 import torch
 
 from mobilevitv2_kernels import backends
+from mobilevitv2_kernels.common import FLOAT_DTYPES, output_memory_format
 from mobilevitv2_kernels.inference_only import register_no_derivative
 
 OP = "inverted_residual"
-_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
 def _out_size(size: int, stride: int) -> int:
     return (size + stride - 1) // stride  # 3x3 taps, padding = dilation: ceil(size / stride) for any dilation
-
-
-def output_memory_format(x: torch.Tensor) -> torch.memory_format:
-    """The output follows the input's layout, as ``F.conv2d`` does: channels_last for a channels_last input
-    (that is not also plain contiguous), contiguous NCHW otherwise."""
-    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-        return torch.channels_last
-    return torch.contiguous_format
 
 
 def check_inputs(
@@ -63,7 +55,7 @@ def check_inputs(
              "w_reduce": w_reduce, "b_reduce": b_reduce}  # fmt: skip
     named = {name: t for name, t in named.items() if t is not None}
     for name, t in named.items():
-        if t.dtype not in _FLOAT_DTYPES:
+        if t.dtype not in FLOAT_DTYPES:
             raise TypeError(f"inverted_residual: {name} must be floating point (float32/16, bfloat16), got {t.dtype}")
         if t.device != x.device:
             raise ValueError(f"inverted_residual: {name} is on {t.device} but x is on {x.device}")

@@ -18,10 +18,10 @@ from __future__ import annotations
 import torch
 
 from mobilevitv2_kernels import backends
+from mobilevitv2_kernels.common import FLOAT_DTYPES
 from mobilevitv2_kernels.inference_only import register_no_derivative
 
 OP = "linear_self_attention"
-_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
 def check_inputs(x: torch.Tensor, w_qkv: torch.Tensor, b_qkv: torch.Tensor, w_out: torch.Tensor, b_out: torch.Tensor) -> None:
@@ -32,7 +32,7 @@ def check_inputs(x: torch.Tensor, w_qkv: torch.Tensor, b_qkv: torch.Tensor, w_ou
     named = {"x": x, "w_qkv": w_qkv, "b_qkv": b_qkv, "w_out": w_out, "b_out": b_out}
     expected = {"w_qkv": (1 + 2 * d, d), "b_qkv": (1 + 2 * d,), "w_out": (d, d), "b_out": (d,)}
     for name, t in named.items():
-        if t.dtype not in _FLOAT_DTYPES:
+        if t.dtype not in FLOAT_DTYPES:
             raise TypeError(f"linear_self_attention: {name} must be floating point (float32/16, bfloat16), got {t.dtype}")
         if t.device != x.device:
             raise ValueError(f"linear_self_attention: {name} is on {t.device} but x is on {x.device}")

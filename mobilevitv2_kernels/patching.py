@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 
 from mobilevitv2_kernels import backends
+from mobilevitv2_kernels.common import FLOAT_DTYPES
 
-_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
 def _check_patch(patch_h: int, patch_w: int) -> None:
@@ -21,7 +21,7 @@ def _check_patch(patch_h: int, patch_w: int) -> None:
 
 
 def _check_float(name: str, t: torch.Tensor) -> None:
-    if t.dtype not in _FLOAT_DTYPES:
+    if t.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} expects a floating-point tensor (float32/16, bfloat16), got {t.dtype}")
 
 

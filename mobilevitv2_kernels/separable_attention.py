@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 
 from mobilevitv2_kernels import backends
+from mobilevitv2_kernels.common import FLOAT_DTYPES
 
-_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
 def check_qkv(qkv: torch.Tensor) -> int:
@@ -23,7 +23,7 @@ def check_qkv(qkv: torch.Tensor) -> int:
             f"separable_attention expects qkv of shape (B, 1+2d, P, N), got a {qkv.dim()}-D tensor "
             f"of shape {tuple(qkv.shape)}"
         )
-    if qkv.dtype not in _FLOAT_DTYPES:
+    if qkv.dtype not in FLOAT_DTYPES:
         raise TypeError(f"separable_attention expects a floating-point qkv (float32/16, bfloat16), got {qkv.dtype}")
     channels = qkv.shape[1]
     if channels % 2 != 1:

@@ -19,10 +19,10 @@ from __future__ import annotations
 import torch
 
 from mobilevitv2_kernels import backends
+from mobilevitv2_kernels.common import FLOAT_DTYPES
 from mobilevitv2_kernels.inference_only import register_no_derivative
 
 OP = "transformer_layer"
-_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 _PARAMETER_NAMES = (
     "norm1_weight", "norm1_bias", "w_qkv", "b_qkv", "w_out", "b_out",
     "norm2_weight", "norm2_bias", "w_ffn1", "b_ffn1", "w_ffn2", "b_ffn2",
@@ -35,7 +35,7 @@ def check_inputs(x: torch.Tensor, *parameters: torch.Tensor, eps: float) -> None
         raise ValueError(f"transformer_layer expects x of shape (B, d, P, N), got shape {tuple(x.shape)}")
     named = dict(zip(_PARAMETER_NAMES, parameters))
     for name, t in {"x": x, **named}.items():
-        if t.dtype not in _FLOAT_DTYPES:
+        if t.dtype not in FLOAT_DTYPES:
             raise TypeError(f"transformer_layer: {name} must be floating point (float32/16, bfloat16), got {t.dtype}")
         if t.device != x.device:
             raise ValueError(f"transformer_layer: {name} is on {t.device} but x is on {x.device}")

@@ -81,8 +81,7 @@ import torch
 import triton
 import triton.language as tl
 
-from mobilevitv2_kernels.backends import triton_interpreter_enabled
-from mobilevitv2_kernels.inverted_residual import output_memory_format
+from mobilevitv2_kernels.common import output_memory_format, triton_interpreter_enabled
 from mobilevitv2_kernels.triton_kernels.launch import on_tensor_device
 
 

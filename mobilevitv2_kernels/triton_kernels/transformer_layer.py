@@ -48,7 +48,7 @@ import torch
 import triton
 import triton.language as tl
 
-from mobilevitv2_kernels.backends import triton_interpreter_enabled
+from mobilevitv2_kernels.common import triton_interpreter_enabled
 from mobilevitv2_kernels.triton_kernels.launch import on_tensor_device
 
 

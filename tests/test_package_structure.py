@@ -1,0 +1,71 @@
+"""The shape of the kernels package: no import cycles between its modules (a leaf module holds what several
+of them need), and no file much longer than a reader can hold."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "mobilevitv2_kernels"
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """module -> the package's modules it imports (at module level or inside functions)."""
+    modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph = {name: set() for name in modules}
+    for name, path in modules.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets = []
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                # "from pkg import sub" imports pkg.sub; "from pkg import name" imports pkg itself
+                submodules = [f"{node.module}.{alias.name}" for alias in node.names]
+                targets = [t for t in submodules if t in modules]
+                if len(targets) < len(submodules):
+                    targets.append(node.module)
+            for target in targets:
+                if target in modules and target != name:
+                    graph[name].add(target)
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(node, path):
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                return path + [node, nxt]
+            if nxt not in state:
+                cycle = visit(nxt, path + [node])
+                if cycle:
+                    return cycle
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state:
+            cycle = visit(node, [])
+            if cycle:
+                return cycle
+    return None
+
+
+def test_no_import_cycles_in_the_kernels_package():
+    graph = import_graph()
+    # the package's __init__ imports the op modules; no module may import the package back
+    assert not [m for m, targets in graph.items() if "mobilevitv2_kernels" in targets and m != "mobilevitv2_kernels"]
+    graph.pop("mobilevitv2_kernels")
+    assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
+
+
+def test_the_cycle_finder_finds_cycles():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
