@@ -1,8 +1,8 @@
 """The MobileViTV2 block: local conv, unfold to patches, separable-attention transformer, fold, projection.
 
-Every block runs its patching and attention either in reference PyTorch (``backend="eager"``) or through
-the registered ``mobilevitv2_kernels`` ops with a named kernel backend (``"triton"``, ``"cuda"``, or
-``"auto"``). The backend is passed down explicitly from the block; nothing here reads global state.
+Each module that has a fused path stores its implementation choice as an attribute (``attention_backend``,
+``conv_backend``, ``transformer_backend``; None is the reference path), set by the model's
+``set_implementation`` (:mod:`mobilevitv2.implementation`); ``forward`` reads nothing else.
 """
 
 from __future__ import annotations
@@ -13,14 +13,16 @@ from torch import nn
 
 import mobilevitv2_kernels
 from mobilevitv2.config import MobileViTV2Config
-from mobilevitv2.layers import MobileViTV2ConvLayer, MobileViTV2InvertedResidual, fused_inference_applies
+from mobilevitv2.implementation import backend_for, inference_fusion_applies
+from mobilevitv2.layers import MobileViTV2ConvLayer, MobileViTV2InvertedResidual
 from mobilevitv2_kernels import reference
-
-EAGER = "eager"
 
 
 class MobileViTV2LinearSelfAttention(nn.Module):
-    """Separable self-attention over (B, d, P, N) patches (spec section 3)."""
+    """Separable self-attention over (B, d, P, N) patches (spec section 3); the core runs through the
+    ``mobilevitv2::separable_attention`` op when ``attention_backend`` names a backend."""
+
+    attention_backend: str | None = None
 
     def __init__(self, config: MobileViTV2Config, embed_dim: int) -> None:
         super().__init__()
@@ -33,10 +35,11 @@ class MobileViTV2LinearSelfAttention(nn.Module):
             config, embed_dim, embed_dim, kernel_size=1, bias=True, use_normalization=False, use_activation=False
         )
 
-    def forward(self, x: torch.Tensor, backend: str = EAGER) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         qkv = self.qkv_proj(x)  # (B, 1+2d, P, N)
+        backend = backend_for(self.attention_backend, "attention", x)
         dropout_active = self.training and self.attn_dropout.p > 0
-        if backend == EAGER or dropout_active:  # the fused kernel has no dropout on the scores
+        if backend is None or dropout_active:  # the fused kernel has no dropout on the scores
             query, key, value = torch.split(qkv, [1, self.embed_dim, self.embed_dim], dim=1)
             scores = self.attn_dropout(torch.softmax(query, dim=-1))  # softmax over the N patches
             context = torch.sum(key * scores, dim=-1, keepdim=True)  # (B, d, P, 1)
@@ -65,13 +68,13 @@ class MobileViTV2FFN(nn.Module):
 class MobileViTV2TransformerLayer(nn.Module):
     """Pre-norm: h = x + attn(GN(x)); out = h + ffn(GN(h)). GN is a one-group GroupNorm over (d, P, N).
 
-    ``fused_backend`` (set by the model's ``set_transformer_implementation``; None = eager) names the backend
-    of the fused inference op ``mobilevitv2::transformer_layer``: "triton", or "auto" (CUDA inputs only).
-    It is taken only where it computes the same function as the modules: eval mode (dropout off), no
-    gradient needed, GroupNorms with affine parameters and a SiLU FFN. Otherwise the modules run.
+    ``transformer_backend`` (the model's "transformer" part; None: the modules) names the backend of the
+    fused inference op ``mobilevitv2::transformer_layer``. It is taken only where it computes the same
+    function as the modules: eval mode (dropout off), no gradient needed, GroupNorms with affine parameters
+    and a SiLU FFN. Otherwise the modules run.
     """
 
-    fused_backend: str | None = None
+    transformer_backend: str | None = None
 
     def __init__(self, config: MobileViTV2Config, embed_dim: int, ffn_dim: int) -> None:
         super().__init__()
@@ -80,15 +83,16 @@ class MobileViTV2TransformerLayer(nn.Module):
         self.layernorm_after = nn.GroupNorm(1, embed_dim, eps=config.layer_norm_eps)
         self.ffn = MobileViTV2FFN(config, embed_dim, ffn_dim)
 
-    def _fused_applies(self, x: torch.Tensor) -> bool:
-        if not fused_inference_applies(self, x):
-            return False
+    def _fused_backend(self, x: torch.Tensor) -> str | None:
+        backend = backend_for(self.transformer_backend, "transformer", x)
+        if not inference_fusion_applies(self, backend, x):
+            return None
         norms = (self.layernorm_before, self.layernorm_after)
         if any(norm.weight is None or norm.eps != self.layernorm_before.eps for norm in norms):
-            return False
-        return isinstance(self.ffn.conv1.activation, nn.SiLU)
+            return None
+        return backend if isinstance(self.ffn.conv1.activation, nn.SiLU) else None
 
-    def _forward_fused(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward_fused(self, x: torch.Tensor, backend: str) -> torch.Tensor:
         attention, ffn = self.attention, self.ffn
         return mobilevitv2_kernels.transformer_layer(
             x,
@@ -105,13 +109,14 @@ class MobileViTV2TransformerLayer(nn.Module):
             ffn.conv2.convolution.weight.flatten(1),
             ffn.conv2.convolution.bias,
             eps=self.layernorm_before.eps,
-            backend=self.fused_backend,
+            backend=backend,
         )
 
-    def forward(self, x: torch.Tensor, backend: str = EAGER) -> torch.Tensor:
-        if self._fused_applies(x):
-            return self._forward_fused(x)  # (B, d, P, N)
-        x = self.attention(self.layernorm_before(x), backend) + x
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        backend = self._fused_backend(x)
+        if backend is not None:
+            return self._forward_fused(x, backend)  # (B, d, P, N)
+        x = self.attention(self.layernorm_before(x)) + x
         return self.ffn(self.layernorm_after(x)) + x
 
 
@@ -121,23 +126,25 @@ class MobileViTV2Transformer(nn.Module):
         ffn_dim = int(config.ffn_multiplier * embed_dim // 16 * 16)
         self.layer = nn.ModuleList(MobileViTV2TransformerLayer(config, embed_dim, ffn_dim) for _ in range(n_layers))
 
-    def forward(self, x: torch.Tensor, backend: str = EAGER) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         for layer in self.layer:
-            x = layer(x, backend)
+            x = layer(x)
         return x
 
 
 class MobileViTV2Layer(nn.Module):
     """One stage of stages 3-5: down-sampling inverted residual, then the MobileViTV2 block.
 
-    ``fused_backend`` (set by the model's ``set_conv_implementation``, like the inverted residuals') runs the
-    block's local representation, depthwise kxk + BatchNorm + SiLU then the 1x1 to d, as one
+    ``attention_backend`` (the model's "attention" part) runs the unfold and fold through the registered
+    ops. ``conv_backend`` (the "conv" part, like the inverted residuals') runs the block's local
+    representation, depthwise kxk + BatchNorm + SiLU then the 1x1 to d, as one
     ``mobilevitv2::inverted_residual`` without expand conv (BatchNorm folded at every call), at inference
     only and only where that is the same function (3x3 depthwise, BatchNorm on running statistics, SiLU,
-    a plain 1x1 after it).
+    a plain 1x1 after it). None: the reference path.
     """
 
-    fused_backend: str | None = None
+    attention_backend: str | None = None
+    conv_backend: str | None = None
 
     def __init__(
         self,
@@ -179,19 +186,21 @@ class MobileViTV2Layer(nn.Module):
             return x
         return F.interpolate(x, size=size, mode="bilinear", align_corners=True)
 
-    def _local_fused_applies(self, x: torch.Tensor) -> bool:
-        if not fused_inference_applies(self, x):
-            return False
+    def _local_fused_backend(self, x: torch.Tensor) -> str | None:
+        backend = backend_for(self.conv_backend, "conv", x)
+        if not inference_fusion_applies(self, backend, x):
+            return None
         conv, norm, act = self.conv_kxk.convolution, self.conv_kxk.normalization, self.conv_kxk.activation
         if conv.kernel_size != (3, 3) or conv.stride != (1, 1) or conv.groups != conv.in_channels or conv.bias is not None:
-            return False
+            return None
         if norm is None or norm.running_mean is None or not isinstance(act, nn.SiLU):
-            return False
-        return self.conv_1x1.normalization is None and self.conv_1x1.activation is None
+            return None
+        return backend if self.conv_1x1.normalization is None and self.conv_1x1.activation is None else None
 
     def _local_representation(self, x: torch.Tensor) -> torch.Tensor:
         """depthwise kxk + BN + SiLU, then the 1x1 to d: (B, C, H, W) -> (B, d, H, W)."""
-        if not self._local_fused_applies(x):
+        backend = self._local_fused_backend(x)
+        if backend is None:
             return self.conv_1x1(self.conv_kxk(x))
         w_dw, b_dw = mobilevitv2_kernels.fold_batchnorm(self.conv_kxk.convolution.weight, self.conv_kxk.normalization)
         pointwise = self.conv_1x1.convolution
@@ -199,21 +208,22 @@ class MobileViTV2Layer(nn.Module):
         b_pw = pointwise.bias if pointwise.bias is not None else w_pw.new_zeros(w_pw.shape[0])
         return mobilevitv2_kernels.inverted_residual(
             x, None, None, w_dw, b_dw, w_pw, b_pw,
-            stride=1, dilation=self.conv_kxk.convolution.dilation[0], backend=self.fused_backend,
+            stride=1, dilation=self.conv_kxk.convolution.dilation[0], backend=backend,
         )  # fmt: skip
 
-    def forward(self, x: torch.Tensor, backend: str = EAGER) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.downsampling_layer(x)  # (B, C, H, W)
         if self.resize_to_patch_multiple:
             x = self._resize_up_to_patch_multiple(x)
         x = self._local_representation(x)  # (B, d, H, W)
         size = (x.shape[-2], x.shape[-1])
-        if backend == EAGER:
+        backend = backend_for(self.attention_backend, "attention", x)
+        if backend is None:
             patches = reference.unfold_forward(x, *self.patch_size)  # (B, d, P, N)
         else:
             patches = mobilevitv2_kernels.unfold(x, self.patch_size, backend=backend)
-        patches = self.layernorm(self.transformer(patches, backend))
-        if backend == EAGER:
+        patches = self.layernorm(self.transformer(patches))
+        if backend is None:
             x = reference.fold_forward(patches, *size, *self.patch_size)  # (B, d, H, W)
         else:
             x = mobilevitv2_kernels.fold(patches, size, self.patch_size, backend=backend)

@@ -52,7 +52,7 @@ def _open_image(path: str, header_only: bool = False):
 
 def _load_model(model_id: str, task: str, args: argparse.Namespace):
     """(model, directory) for ``task``, refusing a checkpoint made for the other task before loading it, with
-    the implementations the command line names (``--attn-implementation``, and the inference fusions)."""
+    the implementation the command line names (``--implementation``, and the per-part options)."""
     directory = resolve_directory(model_id)
     config = MobileViTV2Config.from_pretrained(directory)
     if config.architectures and ARCHITECTURES[task].lower() not in [a.lower() for a in config.architectures]:
@@ -65,6 +65,7 @@ def _load_model(model_id: str, task: str, args: argparse.Namespace):
     model = cls.from_pretrained(
         directory,
         device=device,
+        implementation=args.implementation,
         attn_implementation=args.attn_implementation,
         conv_implementation=args.conv_implementation,
         transformer_implementation=args.transformer_implementation,
@@ -191,7 +192,7 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
     config = MobileViTV2Config.from_pretrained(directory)
     segmentation = any("segmentation" in a.lower() for a in config.architectures or [])
     cls = MobileViTV2ForSemanticSegmentation if segmentation else MobileViTV2ForImageClassification
-    model = cls.from_pretrained(directory, attn_implementation="eager")
+    model = cls.from_pretrained(directory, implementation="reference")
     export_onnx(model, args.out, height=args.height, width=args.width, opset=args.opset)
     line = f"wrote {args.out} (opset {args.opset}, input pixel_values [batch, {config.num_channels}, {args.height}, {args.width}])"
     try:
@@ -217,15 +218,19 @@ def cmd_bench(argv: Sequence[str]) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="MobileViTV2: predict, segment, convert, export, benchmark")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    attn = dict(choices=["auto", "eager", "triton", "cuda"], default="auto", help="attention/patching implementation (default auto)")
-    fused = dict(choices=["eager", "triton", "auto"], default="eager")
-    conv_help = "fused inverted residuals and local convs, inference only (default eager)"
-    transformer_help = "fused transformer layers, inference only (default eager)"
+    preset = dict(choices=["fused", "reference"], default=None,
+                  help="fused: every fused kernel that is faster on the device; reference: pure PyTorch "
+                  "(default: fused attention, reference convs and transformer layers)")  # fmt: skip
+    attn = dict(choices=["auto", "reference", "triton", "cuda", "eager"], default=None, help="attention/patching alone (for experts)")
+    fused = dict(choices=["auto", "reference", "triton", "eager"], default=None)
+    conv_help = "fused inverted residuals and local convs alone, inference only (for experts)"
+    transformer_help = "fused transformer layers alone, inference only (for experts)"
     model_help = "a transformers-format checkpoint directory or a Hugging Face Hub id"
 
     p = sub.add_parser("predict", help="top-k labels for images with an image-classification checkpoint")
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--model", required=True, help=model_help)
+    p.add_argument("--implementation", **preset)
     p.add_argument("--attn-implementation", **attn)
     p.add_argument("--conv-implementation", help=conv_help, **fused)
     p.add_argument("--transformer-implementation", help=transformer_help, **fused)
@@ -239,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="mask PNG: pixel values are class indices (a palette PNG up to 256 classes)")
     p.add_argument("--overlay", help="also write the image with the class colours blended over it")
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the class colours (default 0.5)")
+    p.add_argument("--implementation", **preset)
     p.add_argument("--attn-implementation", **attn)
     p.add_argument("--conv-implementation", help=conv_help, **fused)
     p.add_argument("--transformer-implementation", help=transformer_help, **fused)

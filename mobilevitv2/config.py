@@ -11,20 +11,11 @@ transformers. These fields are this package's own:
   block output keeps that larger size.
 * ``dilate_local_conv``: under output stride 8/16, ml-cvnets and timm dilate each block's local depthwise
   3x3 conv like the rest of the stage; transformers does not (``False``, default).
-* ``attn_implementation``: which implementation runs the blocks' patching and attention: ``"eager"``
-  (reference PyTorch), ``"triton"``, ``"cuda"`` or ``"auto"`` (fastest available for the device the model
-  runs on). A runtime choice, so it is not written to ``config.json``.
-* ``conv_implementation``: how the MobileNetV2 inverted-residual blocks (and the MobileViTV2 blocks' local
-  depthwise 3x3 + 1x1 convs) run at inference: ``"eager"``
-  (default: conv, BatchNorm and SiLU modules), ``"triton"`` (the fused ``mobilevitv2::inverted_residual``
-  op, BatchNorm folded into the convs) or ``"auto"`` (the fused op on CUDA inputs, eager elsewhere). The
-  fused op is inference-only: in training mode, or whenever a gradient is needed, the blocks run eagerly.
-  A runtime choice like ``attn_implementation``, not written to ``config.json``.
-* ``transformer_implementation``: how the MobileViTV2 blocks' transformer layers run at inference:
-  ``"eager"`` (default: the GroupNorm, attention and FFN modules, the attention as ``attn_implementation``
-  says), ``"triton"`` (the fused ``mobilevitv2::transformer_layer`` op: one op per layer, the keys never
-  formed) or ``"auto"`` (the fused op on CUDA inputs, eager elsewhere). Inference-only like
-  ``conv_implementation``, and a runtime choice, not written to ``config.json``.
+* The implementation choices (``attn_implementation``, ``conv_implementation``,
+  ``transformer_implementation``) are not part of the architecture: they belong to the model
+  (:meth:`~mobilevitv2.models.MobileViTV2PreTrainedModel.set_implementation`, or keywords of
+  ``from_pretrained``) and are never saved. The config still accepts them as keywords, with one warning,
+  and hands them to the model built from it.
 """
 
 from __future__ import annotations
@@ -33,16 +24,16 @@ import copy
 import dataclasses
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from typing import Any
+
+from mobilevitv2 import implementation
 
 CONFIG_NAME = "config.json"
 MODEL_TYPE = "mobilevitv2"
 WIDTH_PRESETS = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0)
-ATTN_IMPLEMENTATIONS = ("auto", "eager", "triton", "cuda")
-# The inference-only fusions (conv_implementation, transformer_implementation) take these values.
-FUSED_IMPLEMENTATIONS = ("eager", "triton", "auto")
-RUNTIME_OPTIONS = ("attn_implementation", "conv_implementation", "transformer_implementation")
+# The implementation choices a config still accepts as keywords (never stored in it, never saved).
+RUNTIME_OPTIONS = tuple(implementation.OPTIONS)
 NON_DIVISIBLE_PATCHING = ("zero_fill", "resize")
 # Keys of a transformers config that describe the file rather than the model; accepted and dropped.
 _IGNORED_KEYS = {
@@ -55,6 +46,7 @@ _IGNORED_KEYS = {
     "dtype",
     "torch_dtype",
     "_attn_implementation_autoset",
+    *RUNTIME_OPTIONS,
 }
 
 
@@ -106,13 +98,29 @@ class MobileViTV2Config:
     # This package's own options (see the module docstring).
     non_divisible_patching: str = "zero_fill"
     dilate_local_conv: bool = False
-    attn_implementation: str = "auto"
-    conv_implementation: str = "eager"
-    transformer_implementation: str = "eager"
+    # Accepted for compatibility and handed to the model built from this config; not fields.
+    attn_implementation: InitVar[str | None] = None
+    conv_implementation: InitVar[str | None] = None
+    transformer_implementation: InitVar[str | None] = None
     # Unknown keys read from a config.json, kept so that saving writes them back.
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def __post_init__(self) -> None:
+    def __post_init__(
+        self, attn_implementation: str | None, conv_implementation: str | None, transformer_implementation: str | None
+    ) -> None:
+        given = {"attn_implementation": attn_implementation, "conv_implementation": conv_implementation,
+                 "transformer_implementation": transformer_implementation}  # fmt: skip
+        # The model built from this config applies these once; validated now so that a typo fails here.
+        self._implementation_choices = {
+            implementation.OPTIONS[option].name: implementation.normalize(implementation.OPTIONS[option].name, value)
+            for option, value in given.items()
+            if value is not None
+        }
+        if self._implementation_choices:
+            implementation.warn_once(
+                "config", "implementation choices are not part of MobileViTV2Config: pass them to from_pretrained "
+                "or to model.set_implementation(); the model built from this config still applies them"
+            )
         if self.id2label is not None:
             self.id2label = {int(k): str(v) for k, v in self.id2label.items()}
             if self.num_labels is not None and self.num_labels != len(self.id2label):
@@ -145,13 +153,6 @@ class MobileViTV2Config:
             raise ValueError(
                 f"non_divisible_patching must be one of {NON_DIVISIBLE_PATCHING}, got {self.non_divisible_patching!r}"
             )
-        if self.attn_implementation not in ATTN_IMPLEMENTATIONS:
-            raise ValueError(
-                f"attn_implementation must be one of {ATTN_IMPLEMENTATIONS}, got {self.attn_implementation!r}"
-            )
-        for option in ("conv_implementation", "transformer_implementation"):
-            if getattr(self, option) not in FUSED_IMPLEMENTATIONS:
-                raise ValueError(f"{option} must be one of {FUSED_IMPLEMENTATIONS}, got {getattr(self, option)!r}")
 
     # ----- derived widths (spec section 1.3) -------------------------------------------------------------
     @property
@@ -201,11 +202,8 @@ class MobileViTV2Config:
         return cls(**known, extra=extra)
 
     def to_dict(self) -> dict[str, Any]:
-        """A transformers-compatible dict (``id2label`` keys as strings; the runtime choices
-        :data:`RUNTIME_OPTIONS` omitted)."""
+        """A transformers-compatible dict (``id2label`` keys as strings)."""
         data = {f.name: copy.deepcopy(getattr(self, f.name)) for f in dataclasses.fields(self)}
-        for option in RUNTIME_OPTIONS:
-            data.pop(option)
         extra = data.pop("extra")
         data["id2label"] = {str(k): v for k, v in self.id2label.items()}
         data["model_type"] = MODEL_TYPE

@@ -12,6 +12,7 @@ from torch import nn
 
 import mobilevitv2_kernels
 from mobilevitv2.config import MobileViTV2Config, make_divisible
+from mobilevitv2.implementation import backend_for, inference_fusion_applies
 
 _ACTIVATIONS = {"swish": nn.SiLU, "silu": nn.SiLU, "relu": nn.ReLU, "gelu": nn.GELU, "hardswish": nn.Hardswish}
 
@@ -72,27 +73,17 @@ class MobileViTV2ConvLayer(nn.Module):
         return x
 
 
-def fused_inference_applies(module: nn.Module, x: torch.Tensor) -> bool:
-    """Whether ``module`` (with a ``fused_backend`` attribute: None, "triton" or "auto") may run its
-    inference-only fused op on ``x``: a backend is set ("auto" only for CUDA inputs), eval mode, and no
-    gradient needed (the fused ops have no derivative)."""
-    backend = module.fused_backend
-    if backend is None or module.training or (backend == "auto" and x.device.type != "cuda"):
-        return False
-    return not (torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in module.parameters())))
-
-
 class MobileViTV2InvertedResidual(nn.Module):
     """MobileNetV2 block: 1x1 expand + act, depthwise 3x3 + act, 1x1 reduce; residual when shapes allow.
 
-    ``fused_backend`` (set by the model's ``set_conv_implementation``; None = eager) names the backend of the
-    fused inference op: "triton", or "auto" (used for CUDA inputs only). The fused path is taken only when
+    ``conv_backend`` (the model's "conv" part; None: the modules) names the backend of the fused inference
+    op ``mobilevitv2::inverted_residual``. The fused path is taken only when
     it computes the same function as the modules: eval mode (BatchNorm on its running statistics, folded
     from the current parameters at every call, so later weight changes are never stale), no gradient
     needed, SiLU activations. Otherwise, and in training, the eager modules run, so training is unchanged.
     """
 
-    fused_backend: str | None = None
+    conv_backend: str | None = None
 
     def __init__(
         self, config: MobileViTV2Config, in_channels: int, out_channels: int, stride: int, dilation: int = 1
@@ -106,15 +97,17 @@ class MobileViTV2InvertedResidual(nn.Module):
         )
         self.reduce_1x1 = MobileViTV2ConvLayer(config, hidden, out_channels, kernel_size=1, use_activation=False)
 
-    def _fused_applies(self, x: torch.Tensor) -> bool:
-        if not fused_inference_applies(self, x):
-            return False
+    def _fused_backend(self, x: torch.Tensor) -> str | None:
+        backend = backend_for(self.conv_backend, "conv", x)
+        if not inference_fusion_applies(self, backend, x):
+            return None
         layers = (self.expand_1x1, self.conv_3x3, self.reduce_1x1)
         if any(layer.normalization is None or layer.normalization.running_mean is None for layer in layers):
-            return False
-        return isinstance(self.expand_1x1.activation, nn.SiLU) and isinstance(self.conv_3x3.activation, nn.SiLU)
+            return None
+        silu = isinstance(self.expand_1x1.activation, nn.SiLU) and isinstance(self.conv_3x3.activation, nn.SiLU)
+        return backend if silu else None
 
-    def _forward_fused(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward_fused(self, x: torch.Tensor, backend: str) -> torch.Tensor:
         fold = mobilevitv2_kernels.fold_batchnorm
         w_expand, b_expand = fold(self.expand_1x1.convolution.weight, self.expand_1x1.normalization)  # (E, C_in, 1, 1)
         w_dw, b_dw = fold(self.conv_3x3.convolution.weight, self.conv_3x3.normalization)  # (E, 1, 3, 3)
@@ -131,12 +124,13 @@ class MobileViTV2InvertedResidual(nn.Module):
             stride=conv.stride[0],
             dilation=conv.dilation[0],
             residual=self.use_residual,
-            backend=self.fused_backend,
+            backend=backend,
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._fused_applies(x):
-            return self._forward_fused(x)  # (B, C_out, ceil(H/s), ceil(W/s)), one kernel
+        backend = self._fused_backend(x)
+        if backend is not None:
+            return self._forward_fused(x, backend)  # (B, C_out, ceil(H/s), ceil(W/s)), one kernel
         out = self.reduce_1x1(self.conv_3x3(self.expand_1x1(x)))
         return x + out if self.use_residual else out
 

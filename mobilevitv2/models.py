@@ -1,11 +1,9 @@
 """MobileViTV2 backbone and its classification and DeepLabV3 segmentation models.
 
-Same module tree, state-dict keys, outputs and losses as transformers' ``modeling_mobilevitv2``; the
-blocks' patching and attention run in reference PyTorch or through the fused kernels, as chosen by
-``attn_implementation`` (see :meth:`MobileViTV2PreTrainedModel.set_attn_implementation`); the inverted
-residuals and the transformer layers run eagerly or, at inference, through fused ops, as chosen by
-``conv_implementation`` and ``transformer_implementation`` (:meth:`MobileViTV2PreTrainedModel.set_conv_implementation`,
-:meth:`~MobileViTV2PreTrainedModel.set_transformer_implementation`).
+Same module tree, state-dict keys, outputs and losses as transformers' ``modeling_mobilevitv2``. Each part
+with fused kernels (the blocks' attention and patching, the convs, the transformer layers) runs in reference
+PyTorch or through the kernels, as :meth:`MobileViTV2PreTrainedModel.set_implementation` chooses
+(:mod:`mobilevitv2.implementation`).
 """
 
 from __future__ import annotations
@@ -18,57 +16,16 @@ import torch.nn.functional as F
 from torch import nn
 
 import mobilevitv2_kernels
-from mobilevitv2 import loading
-from mobilevitv2.blocks import EAGER, MobileViTV2Layer, MobileViTV2TransformerLayer
-from mobilevitv2.config import ATTN_IMPLEMENTATIONS, FUSED_IMPLEMENTATIONS, MobileViTV2Config
+from mobilevitv2 import implementation, loading
+from mobilevitv2.blocks import MobileViTV2Layer
+from mobilevitv2.config import MobileViTV2Config
 from mobilevitv2.heads import MobileViTV2DeepLabV3
-from mobilevitv2.layers import MobileViTV2ConvLayer, MobileViTV2InvertedResidual, MobileViTV2MobileNetLayer
+from mobilevitv2.layers import MobileViTV2ConvLayer, MobileViTV2MobileNetLayer
 from mobilevitv2.outputs import (
     BaseModelOutputWithPoolingAndNoAttention,
     ImageClassifierOutputWithNoAttention,
     SemanticSegmenterOutput,
 )
-
-
-def check_attn_implementation(name: str, device: torch.device | str | None = None) -> None:
-    """Raise a clear error if ``name`` cannot run here (on ``device``, default: CUDA if present)."""
-    if name not in ATTN_IMPLEMENTATIONS:
-        raise ValueError(f"attn_implementation must be one of {ATTN_IMPLEMENTATIONS}, got {name!r}")
-    if name in ("auto", EAGER):
-        return
-    if device is None or torch.device(device).type == "meta":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    available = mobilevitv2_kernels.available_backends(device)
-    if name not in available:
-        choices = ["auto", EAGER] + [b for b in available if b != "reference"]
-        raise mobilevitv2_kernels.BackendUnavailableError(
-            f"attn_implementation={name!r} cannot run on {torch.device(device).type} here; available: {choices}"
-        )
-
-
-# The inference-only fusions: option name -> (the op it uses, the module classes that carry its backend).
-FUSED_OPTIONS: dict[str, tuple[str, tuple[type[nn.Module], ...]]] = {
-    "conv_implementation": ("inverted_residual", (MobileViTV2InvertedResidual, MobileViTV2Layer)),
-    "transformer_implementation": ("transformer_layer", (MobileViTV2TransformerLayer,)),
-}
-
-
-def check_fused_implementation(option: str, name: str, device: torch.device | str | None = None) -> None:
-    """Raise a clear error if ``option=name`` (an entry of :data:`FUSED_OPTIONS`) cannot run here (on
-    ``device``, default: CUDA if present). Only "triton" needs checking: "eager" always runs, and "auto"
-    falls back to eager."""
-    if name not in FUSED_IMPLEMENTATIONS:
-        raise ValueError(f"{option} must be one of {FUSED_IMPLEMENTATIONS}, got {name!r}")
-    if name in ("auto", EAGER):
-        return
-    if device is None or torch.device(device).type == "meta":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    available = mobilevitv2_kernels.available_backends(device, op=FUSED_OPTIONS[option][0])
-    if name not in available:
-        choices = ["auto", EAGER] + [b for b in available if b != "reference"]
-        raise mobilevitv2_kernels.BackendUnavailableError(
-            f"{option}={name!r} cannot run on {torch.device(device).type} here; available: {choices}"
-        )
 
 
 class MobileViTV2PreTrainedModel(nn.Module):
@@ -83,9 +40,8 @@ class MobileViTV2PreTrainedModel(nn.Module):
 
     def post_init(self) -> None:
         self.apply(self._init_weights)
-        self.set_attn_implementation(self.config.attn_implementation, check=False)
-        self.set_conv_implementation(self.config.conv_implementation, check=False)
-        self.set_transformer_implementation(self.config.transformer_implementation, check=False)
+        choices = implementation.resolve(**getattr(self.config, "_implementation_choices", {}))
+        self.set_implementation(check=False, **choices)
 
     def _init_weights(self, module: nn.Module) -> None:
         """Training-from-scratch initialisation: He-normal convs, unit norms, small classifier."""
@@ -100,62 +56,74 @@ class MobileViTV2PreTrainedModel(nn.Module):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
 
-    # ----- the flag ----------------------------------------------------------------------------------------
-    def set_attn_implementation(self, name: str, check: bool = True) -> "MobileViTV2PreTrainedModel":
-        """Choose how the blocks run patching and attention: "eager" (reference PyTorch), "triton",
-        "cuda", or "auto" (the fastest available backend for the device of the input; "eager" on the
-        CPU). Raises a clear error if the choice cannot run here. Returns the model."""
+    # ----- implementation choices ----------------------------------------------------------------------------
+    def set_implementation(
+        self,
+        preset: str | None = None,
+        *,
+        attention: str | None = None,
+        conv: str | None = None,
+        transformer: str | None = None,
+        check: bool = True,
+    ) -> "MobileViTV2PreTrainedModel":
+        """Choose how the model runs. ``preset``: "fused" (every part takes its fused kernels where they are
+        faster on the input's device, the reference elsewhere) or "reference" (pure PyTorch, transformers'
+        exact arithmetic). Each part can also be set alone, for experts and benchmarks:
+
+        * ``attention``: the blocks' patching and separable attention: "reference", "triton", "cuda" or
+          "auto"; differentiable, so training uses it too;
+        * ``conv``: the inverted residuals and the blocks' local convs, fused with BatchNorm folded at every
+          call: "reference", "triton" or "auto"; inference only (training takes the modules);
+        * ``transformer``: each transformer layer as one op: "reference", "triton" or "auto"; inference only.
+
+        The choice is validated now (a backend that cannot run here raises an error naming what can) and
+        stored on every module that uses it; ``forward`` reads nothing else. Returns the model."""
+        choices = implementation.resolve(preset, self._implementation, attention=attention, conv=conv,
+                                         transformer=transformer)  # fmt: skip
         if check:
             device = next(self.parameters()).device
-            check_attn_implementation(name, device if device.type == "cuda" else None)
-        elif name not in ATTN_IMPLEMENTATIONS:
-            raise ValueError(f"attn_implementation must be one of {ATTN_IMPLEMENTATIONS}, got {name!r}")
-        self.config.attn_implementation = name
+            for part, name in choices.items():
+                implementation.check_available(part, name, device if device.type == "cuda" else None)
+        for module in self.modules():
+            if isinstance(module, MobileViTV2PreTrainedModel):
+                module._implementation = dict(choices)
+            for part, name in choices.items():
+                attribute = implementation.PARTS[part].attribute
+                if hasattr(type(module), attribute):
+                    setattr(module, attribute, None if name == implementation.REFERENCE else name)
         return self
+
+    _implementation: dict[str, str] | None = None
+
+    @property
+    def implementation(self) -> dict[str, str]:
+        """The choice of every part: {"attention": ..., "conv": ..., "transformer": ...}."""
+        return dict(self._implementation or implementation.resolve())
+
+    # The per-part setters and properties by their earlier names (the same choices; "eager" = "reference").
+    def set_attn_implementation(self, name: str, check: bool = True) -> "MobileViTV2PreTrainedModel":
+        """``set_implementation(attention=name)``."""
+        return self.set_implementation(attention=name, check=check)
+
+    def set_conv_implementation(self, name: str, check: bool = True) -> "MobileViTV2PreTrainedModel":
+        """``set_implementation(conv=name)``."""
+        return self.set_implementation(conv=name, check=check)
+
+    def set_transformer_implementation(self, name: str, check: bool = True) -> "MobileViTV2PreTrainedModel":
+        """``set_implementation(transformer=name)``."""
+        return self.set_implementation(transformer=name, check=check)
 
     @property
     def attn_implementation(self) -> str:
-        return self.config.attn_implementation
-
-    def set_conv_implementation(self, name: str, check: bool = True) -> "MobileViTV2PreTrainedModel":
-        """Choose how the MobileNetV2 inverted residuals and the MobileViTV2 blocks' local convs (depthwise
-        3x3 + BN + SiLU, then the 1x1 to d) run: "eager" (conv, BatchNorm, SiLU modules), "triton" (the
-        fused inference op ``mobilevitv2::inverted_residual``, BatchNorm folded into the convs; without
-        expand conv for the local convs), or "auto" (the fused op for CUDA inputs, eager elsewhere). The
-        fused op runs only in eval mode when no gradient is needed; training (and eval with gradients)
-        always takes the eager path. The stem (a plain 3x3 conv + BN + SiLU) stays eager. The choice is
-        stored on every module concerned now, nothing is read from globals in ``forward``. Raises a clear
-        error if the choice cannot run here. Returns the model."""
-        return self._set_fused_implementation("conv_implementation", name, check)
+        return self.implementation["attention"]
 
     @property
     def conv_implementation(self) -> str:
-        return self.config.conv_implementation
-
-    def set_transformer_implementation(self, name: str, check: bool = True) -> "MobileViTV2PreTrainedModel":
-        """Choose how the MobileViTV2 blocks' transformer layers run: "eager" (GroupNorm, attention and FFN
-        modules; the attention as ``attn_implementation`` says), "triton" (one fused inference op per layer,
-        ``mobilevitv2::transformer_layer``), or "auto" (the fused op for CUDA inputs, eager elsewhere). Like
-        ``conv_implementation``: the fused op runs only in eval mode when no gradient is needed, training
-        takes the eager path, the choice is stored on every layer now. Raises a clear error if the choice
-        cannot run here. Returns the model."""
-        return self._set_fused_implementation("transformer_implementation", name, check)
+        return self.implementation["conv"]
 
     @property
     def transformer_implementation(self) -> str:
-        return self.config.transformer_implementation
-
-    def _set_fused_implementation(self, option: str, name: str, check: bool) -> "MobileViTV2PreTrainedModel":
-        if check:
-            device = next(self.parameters()).device
-            check_fused_implementation(option, name, device if device.type == "cuda" else None)
-        elif name not in FUSED_IMPLEMENTATIONS:
-            raise ValueError(f"{option} must be one of {FUSED_IMPLEMENTATIONS}, got {name!r}")
-        setattr(self.config, option, name)
-        for module in self.modules():
-            if isinstance(module, FUSED_OPTIONS[option][1]):
-                module.fused_backend = None if name == EAGER else name
-        return self
+        return self.implementation["transformer"]
 
     # ----- checkpoints -------------------------------------------------------------------------------------
     @classmethod
@@ -172,12 +140,15 @@ class MobileViTV2PreTrainedModel(nn.Module):
     ):
         """Load a transformers-format directory (``config.json`` + ``model.safetensors`` or
         ``pytorch_model.bin``) or a Hub id (needs ``huggingface_hub``). ``config_overrides`` set config
-        fields (``attn_implementation="triton"``, ``num_labels=10`` with ``strict=False``, ...);
-        ``num_channels`` adapts the stem (:func:`mobilevitv2.loading.adapt_stem_channels`).
+        fields (``num_labels=10`` with ``strict=False``, ...); ``num_channels`` adapts the stem
+        (:func:`mobilevitv2.loading.adapt_stem_channels`). ``implementation`` (a preset, "fused" or
+        "reference") and the per-part options ``attn_implementation``, ``conv_implementation`` and
+        ``transformer_implementation`` choose how the model runs (:meth:`set_implementation`); they are
+        not saved.
         Every key must fit unless ``strict=False``; errors name the missing, unexpected or mis-shaped keys."""
         directory = loading.resolve_directory(path_or_id, revision=revision, cache_dir=cache_dir)
-        attn_implementation = config_overrides.pop("attn_implementation", None)
-        fused = {option: config_overrides.pop(option) for option in FUSED_OPTIONS if option in config_overrides}
+        preset = config_overrides.pop("implementation", None)
+        parts = {spec.name: config_overrides.pop(option, None) for option, spec in implementation.OPTIONS.items()}
         config = MobileViTV2Config.from_pretrained(directory, **config_overrides)
         model = cls(config)
         state_dict = loading.read_state_dict(directory)
@@ -188,10 +159,8 @@ class MobileViTV2PreTrainedModel(nn.Module):
         model.eval()
         if dtype is not None or device is not None:
             model.to(device=device, dtype=dtype)
-        if attn_implementation is not None:
-            model.set_attn_implementation(attn_implementation)
-        for option, name in fused.items():
-            model._set_fused_implementation(option, name, check=True)
+        if preset is not None or any(value is not None for value in parts.values()):
+            model.set_implementation(preset, **parts)
         return model
 
     def save_pretrained(self, directory: str | os.PathLike, safe_serialization: bool = True) -> None:
@@ -239,11 +208,11 @@ class MobileViTV2Encoder(nn.Module):
             ]
         )
 
-    def forward(self, x: torch.Tensor, backend: str, num_stages: int | None = None) -> list[torch.Tensor]:
+    def forward(self, x: torch.Tensor, num_stages: int | None = None) -> list[torch.Tensor]:
         """(B, C0, H/2, W/2) -> the outputs of the first ``num_stages`` stages (default: all five)."""
         hidden_states = []
-        for i, stage in enumerate(self.layer[:num_stages]):
-            x = stage(x) if i < 2 else stage(x, backend)
+        for stage in self.layer[:num_stages]:
+            x = stage(x)
             hidden_states.append(x)
         return hidden_states
 
@@ -290,12 +259,6 @@ class MobileViTV2Model(MobileViTV2PreTrainedModel):
                     f"(output_stride {self.config.output_stride})"
                 )
 
-    def _block_backend(self, x: torch.Tensor) -> str:
-        impl = self.config.attn_implementation
-        if impl == "auto":
-            return "auto" if x.device.type == "cuda" else EAGER
-        return impl
-
     # ----- multi-scale features (like timm's features_only) --------------------------------------------------
     @property
     def feature_info(self) -> list[dict[str, Any]]:
@@ -317,7 +280,7 @@ class MobileViTV2Model(MobileViTV2PreTrainedModel):
         self._check_pixel_values(pixel_values)
         self._check_size(pixel_values.shape[2], pixel_values.shape[3])
         x = self.conv_stem(pixel_values)  # (B, C0, H/2, W/2)
-        hidden_states = self.encoder(x, self._block_backend(x), num_stages=max(stages) + 1)
+        hidden_states = self.encoder(x, num_stages=max(stages) + 1)
         return [hidden_states[s] for s in stages]
 
     def forward(
@@ -333,7 +296,7 @@ class MobileViTV2Model(MobileViTV2PreTrainedModel):
         return_dict = self.config.return_dict if return_dict is None else return_dict
 
         x = self.conv_stem(pixel_values)  # (B, C0, H/2, W/2)
-        hidden_states = self.encoder(x, self._block_backend(x))
+        hidden_states = self.encoder(x)
         last_hidden_state = hidden_states[-1]
         pooled = torch.mean(last_hidden_state, dim=[-2, -1]) if self.expand_output else None
         all_hidden = tuple(hidden_states) if output_hidden_states else None

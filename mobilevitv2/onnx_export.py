@@ -79,8 +79,7 @@ class _TensorOutputs(nn.Module):
 def _eager_copy(model):
     """A float32 CPU copy running the reference path only (no custom ops reach the exported graph)."""
     model = copy.deepcopy(model).float().cpu().eval()
-    model.set_attn_implementation("eager", check=False).set_conv_implementation("eager", check=False)
-    return model.set_transformer_implementation("eager", check=False)
+    return model.set_implementation("reference", check=False)
 
 
 def output_names(model: MobileViTV2PreTrainedModel) -> list[str]:

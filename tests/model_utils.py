@@ -63,7 +63,7 @@ def fused_model_pair(cls, option: str, seed: int = 0, **config_kwargs):
     from mobilevitv2 import MobileViTV2Config
 
     eager = randomize_(cls(MobileViTV2Config.from_width(0.5, **config_kwargs)), seed).eval()
-    eager.set_attn_implementation("eager")
+    eager.set_implementation("reference")
     fused = cls(MobileViTV2Config.from_width(0.5, **{option: "triton"}, **config_kwargs)).eval()
     fused.load_state_dict(eager.state_dict())
     return eager, fused

@@ -96,7 +96,6 @@ def test_transformers_config_reads_into_ours(tmp_path):
         ({"output_stride": 4}, "output_stride must be 8, 16 or 32"),
         ({"atrous_rates": [6, 12]}, "atrous_rates needs exactly 3 values"),
         ({"non_divisible_patching": "crop"}, "non_divisible_patching must be one of"),
-        ({"attn_implementation": "flash"}, "attn_implementation must be one of"),
         ({"model_type": "vit"}, "expected 'mobilevitv2'"),
     ],
 )

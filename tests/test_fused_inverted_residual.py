@@ -572,7 +572,7 @@ def test_compile_fullgraph_with_fused_convs():
 def test_auto_is_eager_on_cpu(op_calls):
     model = MobileViTV2ForImageClassification(MobileViTV2Config.from_width(0.5, num_labels=2)).eval()
     model.set_conv_implementation("auto")
-    assert {m.fused_backend for m in model.modules() if isinstance(m, MobileViTV2InvertedResidual)} == {"auto"}
+    assert {m.conv_backend for m in model.modules() if isinstance(m, MobileViTV2InvertedResidual)} == {"auto"}
     with torch.no_grad():
         assert model(torch.randn(1, 3, 64, 64)).logits.shape == (1, 2)
     assert op_calls == []
@@ -580,18 +580,18 @@ def test_auto_is_eager_on_cpu(op_calls):
 
 def test_conv_implementation_option(tmp_path, monkeypatch):
     config = MobileViTV2Config.from_width(0.5, num_labels=2)
-    assert config.conv_implementation == "eager"
     model = MobileViTV2ForImageClassification(config)
-    assert {m.fused_backend for m in model.modules() if isinstance(m, MobileViTV2InvertedResidual)} == {None}
+    assert model.conv_implementation == "reference"
+    assert {m.conv_backend for m in model.modules() if isinstance(m, MobileViTV2InvertedResidual)} == {None}
     with pytest.raises(ValueError, match="conv_implementation must be one of"):
         model.set_conv_implementation("cuda")
     with pytest.raises(ValueError, match="conv_implementation must be one of"):
         MobileViTV2Config(conv_implementation="fused")
     if not torch.cuda.is_available():
         monkeypatch.setenv("TRITON_INTERPRET", "0")
-        with pytest.raises(mk.BackendUnavailableError, match=r"conv_implementation='triton' cannot run .*\['auto', 'eager'\]"):
+        with pytest.raises(mk.BackendUnavailableError, match=r"conv_implementation='triton' cannot run .*\['auto', 'reference'\]"):
             model.set_conv_implementation("triton")
-        assert model.conv_implementation == "eager"  # a refused choice changes nothing
+        assert model.conv_implementation == "reference"  # a refused choice changes nothing
         monkeypatch.delenv("TRITON_INTERPRET")
     # a runtime choice: never written to config.json, set again on load
     model.set_conv_implementation("auto")
@@ -600,8 +600,8 @@ def test_conv_implementation_option(tmp_path, monkeypatch):
     assert "conv_implementation" not in (tmp_path / "config.json").read_text()
     loaded = MobileViTV2ForImageClassification.from_pretrained(tmp_path, conv_implementation="auto")
     assert loaded.conv_implementation == "auto"
-    assert {m.fused_backend for m in loaded.modules() if isinstance(m, MobileViTV2InvertedResidual)} == {"auto"}
-    assert MobileViTV2ForImageClassification.from_pretrained(tmp_path).conv_implementation == "eager"
+    assert {m.conv_backend for m in loaded.modules() if isinstance(m, MobileViTV2InvertedResidual)} == {"auto"}
+    assert MobileViTV2ForImageClassification.from_pretrained(tmp_path).conv_implementation == "reference"
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ def pair(cls, seed=0, **config_kwargs):
     eager = randomize_(cls(MobileViTV2Config.from_width(0.5, **config_kwargs)), seed).eval()
     fused = cls(MobileViTV2Config.from_width(0.5, **config_kwargs)).eval()
     fused.load_state_dict(eager.state_dict())
-    eager.set_attn_implementation("eager")
+    eager.set_implementation("reference")
     return eager, fused
 
 
@@ -121,7 +121,7 @@ def test_auto_is_eager_on_cpu(monkeypatch):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without a GPU")
 def test_unavailable_choice_names_what_is_available():
     model = MobileViTV2ForImageClassification(MobileViTV2Config.from_width(0.5, num_labels=2))
-    with pytest.raises(mobilevitv2_kernels.BackendUnavailableError, match=r"attn_implementation='cuda' cannot run .*available: \['auto', 'eager'"):
+    with pytest.raises(mobilevitv2_kernels.BackendUnavailableError, match=r"attn_implementation='cuda' cannot run .*available: \['auto', 'reference'"):
         model.set_attn_implementation("cuda")
     with pytest.raises(ValueError, match="must be one of"):
         model.set_attn_implementation("flash")

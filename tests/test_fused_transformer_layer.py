@@ -437,7 +437,7 @@ def test_compile_fullgraph_with_fused_layers():
 def test_auto_is_eager_on_cpu(op_calls):
     model = MobileViTV2ForImageClassification(MobileViTV2Config.from_width(0.5, num_labels=2)).eval()
     model.set_transformer_implementation("auto")
-    assert {m.fused_backend for m in model.modules() if isinstance(m, MobileViTV2TransformerLayer)} == {"auto"}
+    assert {m.transformer_backend for m in model.modules() if isinstance(m, MobileViTV2TransformerLayer)} == {"auto"}
     with torch.no_grad():
         assert model(torch.randn(1, 3, 64, 64)).logits.shape == (1, 2)
     assert op_calls == []
@@ -445,11 +445,12 @@ def test_auto_is_eager_on_cpu(op_calls):
 
 def test_transformer_implementation_option(tmp_path):
     config = MobileViTV2Config.from_width(0.5, num_labels=2)
-    assert config.transformer_implementation == "eager"
+    assert not hasattr(config, "_implementation_choices") or config._implementation_choices == {}
     with pytest.raises(ValueError, match="transformer_implementation must be one of"):
         MobileViTV2Config(transformer_implementation="fast")
     model = MobileViTV2ForImageClassification(config)
-    assert {m.fused_backend for m in model.modules() if isinstance(m, MobileViTV2TransformerLayer)} == {None}
+    assert model.transformer_implementation == "reference"
+    assert {m.transformer_backend for m in model.modules() if isinstance(m, MobileViTV2TransformerLayer)} == {None}
     with pytest.raises(ValueError, match="transformer_implementation must be one of"):
         model.set_transformer_implementation("cuda")
     model.set_transformer_implementation("auto")
@@ -459,8 +460,8 @@ def test_transformer_implementation_option(tmp_path):
     assert "transformer_implementation" not in (tmp_path / "config.json").read_text()
     loaded = MobileViTV2ForImageClassification.from_pretrained(tmp_path, transformer_implementation="auto")
     assert loaded.transformer_implementation == "auto"
-    assert {m.fused_backend for m in loaded.modules() if isinstance(m, MobileViTV2TransformerLayer)} == {"auto"}
-    assert MobileViTV2ForImageClassification.from_pretrained(tmp_path).transformer_implementation == "eager"
+    assert {m.transformer_backend for m in loaded.modules() if isinstance(m, MobileViTV2TransformerLayer)} == {"auto"}
+    assert MobileViTV2ForImageClassification.from_pretrained(tmp_path).transformer_implementation == "reference"
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -1,0 +1,125 @@
+"""How the model runs: reference PyTorch or the fused kernels, chosen per part, stored on the modules.
+
+Three parts of the network have fused kernels:
+
+* ``attention``: each MobileViTV2 block's unfold, separable attention and fold (``"reference"``,
+  ``"triton"``, ``"cuda"`` or ``"auto"``); differentiable, so it serves training too;
+* ``conv``: the MobileNetV2 inverted residuals and the blocks' local convs (``"reference"``, ``"triton"``,
+  ``"auto"``), inference only;
+* ``transformer``: each transformer layer as one op (``"reference"``, ``"triton"``, ``"auto"``), inference
+  only.
+
+A choice is validated once, when it is set (:meth:`MobileViTV2PreTrainedModel.set_implementation`), and
+stored on every module that uses it (the attribute :attr:`Part.attribute`); ``forward`` reads nothing else.
+``"auto"`` takes the fused kernels where :data:`FUSED_IS_FASTER` says they pay on the input's device, and
+the reference elsewhere. The preset ``"fused"`` sets every part to ``"auto"``; ``"reference"`` sets every
+part to the reference. These are runtime choices: never part of the architecture config, never saved.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+import mobilevitv2_kernels
+
+REFERENCE = "reference"
+AUTO = "auto"
+
+
+@dataclass(frozen=True)
+class Part:
+    name: str
+    option: str  # the keyword that sets it alone (from_pretrained, the command line)
+    op: str  # the fused op it runs (for "which backends can run it here")
+    choices: tuple[str, ...]
+    attribute: str  # where the modules that use it store the choice (None: the reference path)
+    default: str
+
+
+PARTS = {
+    "attention": Part("attention", "attn_implementation", "separable_attention",
+                      (AUTO, REFERENCE, "triton", "cuda"), "attention_backend", AUTO),
+    "conv": Part("conv", "conv_implementation", "inverted_residual", (AUTO, REFERENCE, "triton"), "conv_backend", REFERENCE),
+    "transformer": Part("transformer", "transformer_implementation", "transformer_layer",
+                        (AUTO, REFERENCE, "triton"), "transformer_backend", REFERENCE),
+}  # fmt: skip
+OPTIONS = {part.option: part for part in PARTS.values()}
+PRESETS = ("fused", REFERENCE)
+# Where "auto" takes each part's fused kernels (device types). Provisional: every fused path on CUDA, none
+# on the CPU (where the Triton interpreter is a test vehicle); `bash bench/gpu_all.sh measure` decides.
+FUSED_IS_FASTER: dict[str, frozenset[str]] = {name: frozenset({"cuda"}) for name in PARTS}
+# The word this package used for the reference path before; still accepted, with one warning.
+_OLD_REFERENCE_WORD = "eager"
+_warned: set[str] = set()
+
+
+def warn_once(key: str, message: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(message, FutureWarning, stacklevel=4)
+
+
+def normalize(part: str, name: str) -> str:
+    """``name`` as a valid choice for ``part`` ("eager" becomes "reference", with one warning); a clear
+    ValueError otherwise."""
+    spec = PARTS[part]
+    if name == _OLD_REFERENCE_WORD:
+        warn_once("eager", f"{spec.option}='eager' is now called 'reference'; 'eager' still works")
+        return REFERENCE
+    if name not in spec.choices:
+        raise ValueError(f"{spec.option} must be one of {spec.choices}, got {name!r}")
+    return name
+
+
+def check_available(part: str, name: str, device: torch.device | str | None) -> None:
+    """Raise ``BackendUnavailableError`` naming what is available if the fused backend ``name`` cannot run
+    ``part`` on ``device`` (default: CUDA if present, else the CPU). "reference" and "auto" always run."""
+    if name in (AUTO, REFERENCE):
+        return
+    if device is None or torch.device(device).type == "meta":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    spec = PARTS[part]
+    available = mobilevitv2_kernels.available_backends(device, op=spec.op)
+    if name not in available:
+        choices = [AUTO, REFERENCE] + [b for b in available if b != REFERENCE]
+        raise mobilevitv2_kernels.BackendUnavailableError(
+            f"{spec.option}={name!r} cannot run on {torch.device(device).type} here; available: {choices}"
+        )
+
+
+def resolve(
+    preset: str | None = None, current: dict[str, str] | None = None, **parts: str | None
+) -> dict[str, str]:
+    """The choice of every part: ``current`` (default: each part's default), then the ``preset`` ("fused":
+    every part "auto"; "reference"), then the parts named (``attention=``, ``conv=``, ``transformer=``)."""
+    choices = dict(current) if current is not None else {name: spec.default for name, spec in PARTS.items()}
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ValueError(f"implementation preset must be one of {PRESETS}, got {preset!r}")
+        choices = {name: AUTO if preset == "fused" else REFERENCE for name in PARTS}
+    for name, value in parts.items():
+        if name not in PARTS:
+            raise TypeError(f"unknown part {name!r}; the parts are {tuple(PARTS)}")
+        if value is not None:
+            choices[name] = normalize(name, value)
+    return choices
+
+
+def backend_for(choice: str | None, part: str, x: torch.Tensor) -> str | None:
+    """The kernel backend a module runs ``part`` with on input ``x``, or None for the reference path."""
+    if choice is None or choice == REFERENCE:
+        return None
+    if choice == AUTO and x.device.type not in FUSED_IS_FASTER[part]:
+        return None
+    return choice
+
+
+def inference_fusion_applies(module: torch.nn.Module, backend: str | None, x: torch.Tensor) -> bool:
+    """Whether an inference-only fused op may run in ``module`` on ``x``: a backend, eval mode, and no
+    gradient needed (the inference-only ops have no derivative)."""
+    if backend is None or module.training:
+        return False
+    return not (torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in module.parameters())))
