@@ -20,6 +20,7 @@ import warnings
 from collections.abc import Callable
 
 import torch
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from mobilevitv2_kernels import numerics, reference
 
@@ -178,13 +179,16 @@ def check(backend: str, module, op: str, device: torch.device, dtype: torch.dtyp
 def verdict(backend: str, module, op: str, device: torch.device, dtype: torch.dtype) -> str | None:
     """None if ``backend`` (its loaded ``module``) may run ``op`` on ``device`` in ``dtype``, else why not.
     The first call for each (backend, op, device, dtype) runs :func:`check`; a failure warns once
-    (:class:`KernelCheckWarning`). During CUDA graph capture nothing can be checked: the call answers None
-    and checks at the next call outside a capture."""
+    (:class:`KernelCheckWarning`). Nothing can be checked during CUDA graph capture or under a tracing mode
+    (fake tensors: ``torch.export``, ``make_fx``): the call answers None there and checks at the next call
+    that runs for real."""
     device = _device_key(torch.device(device))
     key = (backend, op, str(device), dtype)
     with _lock:
         result = _results.get(key)
         if result is None:
+            if _get_current_dispatch_mode() is not None:
+                return None
             if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
                 return None
             result = _results[key] = check(backend, module, op, device, dtype)

@@ -198,6 +198,18 @@ def test_a_callers_autocast_does_not_reach_the_check(triton_module):
     assert recast.ok and (recast.error, recast.bound) == (plain.error, plain.bound), (plain, recast)
 
 
+def test_no_check_and_no_verdict_under_fake_tensors(triton_module):
+    """Tracing with fake tensors (torch.export, make_fx) cannot run a kernel: the check waits for a real call
+    instead of failing (which would wrongly disable the backend)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        assert backends.check_failure("triton", "unfold", "cpu", None, torch.float32) is None
+    assert self_check.report() == []
+    assert backends.check_failure("triton", "unfold", "cpu", None, torch.float32) is None
+    assert [(r.op, r.ok) for r in self_check.report()] == [("unfold", True)]
+
+
 def test_reference_and_float64_are_never_checked():
     x = torch.randn(1, 2, 4, 4, dtype=torch.float64)
     mk.unfold(x, 2, backend="reference")
