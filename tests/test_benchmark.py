@@ -1,11 +1,14 @@
-"""The benchmark harness (mobilevitv2/benchmark.py): providers as data, the output check that keeps a wrong
+"""The benchmark harness (mobilevitv2/bench/): providers as data, the output check that keeps a wrong
 provider from being timed, speed-ups against the named baseline, partial results written after every case,
 the targets suite end to end on tiny CPU shapes (its GPU run is bench/gpu_all.sh) and the providers each
-target runs; and bench/gpu_check_kernels.py: its CPU dry run, its results file after every measurement, its
-exit status without a GPU and on SIGTERM."""
+target runs, SIGTERM ending a run with its files written; the harness's place (nothing in the model package
+imports it; the old module name warns and forwards); and bench/gpu_check_kernels.py: its CPU dry run, its
+results file after every measurement, its exit status without a GPU and on SIGTERM."""
 
 from __future__ import annotations
 
+import ast
+import importlib
 import importlib.util
 import json
 import os
@@ -14,23 +17,24 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
 
-from mobilevitv2 import benchmark as bm
+from mobilevitv2.bench import checks, command, harness, models, ops, suites
 
 CPU = torch.device("cpu")
 
 
 def test_model_cases_check_outputs_and_use_the_named_baseline():
     pytest.importorskip("transformers")
-    cases = bm.model_cases(0.5, 2, torch.float32, CPU, size=64, providers=["ours eager", "transformers eager"],
+    cases = models.model_cases(0.5, 2, torch.float32, CPU, size=64, providers=["ours eager", "transformers eager"],
                            baseline="transformers eager")  # fmt: skip
     assert [c.provider for c in cases] == ["ours eager", "transformers eager"]
     assert [c.baseline for c in cases] == [False, True]
-    results = bm.run_cases(cases, CPU, reps=1, progress=False)
+    results = harness.run_cases(cases, CPU, reps=1, progress=False)
     assert all(r.error is None for r in results), results
     baseline = results[1]
     assert baseline.speedup == pytest.approx(1.0)
@@ -48,8 +52,8 @@ def test_a_wrong_output_is_reported_and_never_timed():
 
         return fn, lambda out: "wrong output: relative error 1" if provider == "broken" else None
 
-    cases = [bm.Case("g", name, bm._Deferred(build, name), baseline=name == "good") for name in ("good", "broken")]
-    good, broken = bm.run_cases(cases, CPU, reps=2, progress=False)
+    cases = [harness.Case("g", name, checks.Deferred(build, name), baseline=name == "good") for name in ("good", "broken")]
+    good, broken = harness.run_cases(cases, CPU, reps=2, progress=False)
     assert good.error is None and good.speedup == pytest.approx(1.0)
     assert broken.error == "AssertionError: wrong output: relative error 1" and broken.speedup is None
     assert calls.count("broken") == 1  # the first call is checked, and nothing after it runs
@@ -57,27 +61,27 @@ def test_a_wrong_output_is_reported_and_never_timed():
 
 def test_relative_error():
     expected = torch.tensor([3.0, 4.0])
-    assert bm.relative_error(expected, expected) == 0.0
-    assert bm.relative_error(torch.tensor([3.0, 4.5]), expected) == pytest.approx(0.1)
-    assert bm.relative_error(torch.tensor([float("nan"), 4.0]), expected) == float("inf")
+    assert checks.relative_error(expected, expected) == 0.0
+    assert checks.relative_error(torch.tensor([3.0, 4.5]), expected) == pytest.approx(0.1)
+    assert checks.relative_error(torch.tensor([float("nan"), 4.0]), expected) == float("inf")
 
 
 def test_unknown_providers_and_inference_only_training_are_refused():
     with pytest.raises(ValueError, match="unknown model providers"):
-        bm.model_cases(0.5, 1, torch.float32, CPU, providers=["ours turbo"])
+        models.model_cases(0.5, 1, torch.float32, CPU, providers=["ours turbo"])
     with pytest.raises(ValueError, match="inference-only"):
-        bm.model_cases(0.5, 1, torch.float32, CPU, training=True, providers=["ours fused+conv"])
+        models.model_cases(0.5, 1, torch.float32, CPU, training=True, providers=["ours fused+conv"])
     with pytest.raises(ValueError, match="task must be"):
-        bm.model_cases(0.5, 1, torch.float32, CPU, task="detection")
+        models.model_cases(0.5, 1, torch.float32, CPU, task="detection")
 
 
 def test_default_providers():
-    cpu = bm.default_model_providers(CPU, training=False, compiled=True, reduce_overhead=False)
+    cpu = models.default_model_providers(CPU, training=False, compiled=True, reduce_overhead=False)
     assert cpu == ["transformers eager", "transformers compiled", "ours eager", "ours compiled"]
-    gpu = bm.default_model_providers(torch.device("cuda"), training=True, compiled=True, reduce_overhead=True)
+    gpu = models.default_model_providers(torch.device("cuda"), training=True, compiled=True, reduce_overhead=True)
     assert "ours fused compiled reduce-overhead" in gpu
     assert not any("+conv" in p or " all" in p for p in gpu)  # inference-only fusions have no training step
-    assert all(p in bm.MODEL_PROVIDERS for p in gpu)
+    assert all(p in models.MODEL_PROVIDERS for p in gpu)
 
 
 def test_targets_suite_end_to_end(tmp_path):
@@ -86,32 +90,32 @@ def test_targets_suite_end_to_end(tmp_path):
     pytest.importorskip("transformers")
     prefix = str(tmp_path / "targets")
     written = []
-    cases = bm.target_cases(CPU, quick=True)
+    cases = suites.target_cases(CPU, quick=True)
     groups = {c.group for c in cases}
     assert any("train step" in g for g in groups) and any("seg OS16" in g for g in groups)
     assert any(g.startswith("attention N=") for g in groups)
-    env = bm.environment(CPU)
+    env = harness.environment(CPU)
 
     def after_each(partial):
-        bm.write_results(prefix, env, partial)
+        harness.write_results(prefix, env, partial)
         written.append(len(json.load(open(prefix + ".json"))["results"]))
 
-    results = bm.run_cases(cases, CPU, reps=1, progress=False, after_each=after_each)
+    results = harness.run_cases(cases, CPU, reps=1, progress=False, after_each=after_each)
     assert written == list(range(1, len(cases) + 1))
     assert [r.error for r in results] == [None] * len(results)
     assert all(r.speedup is not None for r in results)
-    table = bm.format_table(results)
+    table = harness.format_table(results)
     assert "transformers eager" in table and "ours eager" in table
 
 
 def test_main_writes_the_targets_files(tmp_path, capsys):
     pytest.importorskip("transformers")
     prefix = tmp_path / "run"
-    assert bm.main(["--suite", "targets", "--quick", "--device", "cpu", "--reps", "1", "--out", str(prefix)]) == 0
+    assert command.main(["--suite", "targets", "--quick", "--device", "cpu", "--reps", "1", "--out", str(prefix)]) == 0
     data = json.loads((tmp_path / "run.json").read_text())
     assert data["environment"]["device"].startswith("CPU") and data["environment"]["torch"] == torch.__version__
     assert (tmp_path / "run.csv").read_text().startswith("device,commit,group,provider")
-    assert bm.format_table([bm.Result(**row) for row in data["results"]]) in (tmp_path / "run.txt").read_text()
+    assert harness.format_table([harness.Result(**row) for row in data["results"]]) in (tmp_path / "run.txt").read_text()
     assert data["not_run"] == []
     assert "speed-up" in capsys.readouterr().out
 
@@ -121,10 +125,10 @@ def test_every_uncompiled_provider_builds_and_passes_its_check():
     CPU "auto" means eager and "triton" runs under the interpreter), so a typo in the table cannot cost a
     GPU run."""
     pytest.importorskip("transformers")
-    providers = [p for p, (_, _, compile_kwargs) in bm.MODEL_PROVIDERS.items() if compile_kwargs is None]
+    providers = [p for p, (_, _, compile_kwargs) in models.MODEL_PROVIDERS.items() if compile_kwargs is None]
     assert "ours fused all (triton only)" in providers
-    cases = bm.model_cases(0.5, 1, torch.float32, CPU, size=64, providers=providers)
-    results = bm.run_cases(cases, CPU, reps=1, progress=False)
+    cases = models.model_cases(0.5, 1, torch.float32, CPU, size=64, providers=providers)
+    results = harness.run_cases(cases, CPU, reps=1, progress=False)
     assert [r.error for r in results] == [None] * len(providers), results
 
 
@@ -132,11 +136,11 @@ def test_write_results_writes_a_table_and_what_has_not_run(tmp_path):
     """After every case the .txt holds the readable table, and the files say which cases never ran."""
     prefix = str(tmp_path / "sub" / "t")
     env = {"device": "CPU (test)", "commit": "abc", "torch": torch.__version__}
-    results = [bm.Result("g", "base", 2.0, speedup=1.0), bm.Result("g", "ours", 1.0, speedup=2.0)]
-    paths = bm.write_results(prefix, env, results, not_run=[("g", "later")])
+    results = [harness.Result("g", "base", 2.0, speedup=1.0), harness.Result("g", "ours", 1.0, speedup=2.0)]
+    paths = harness.write_results(prefix, env, results, not_run=[("g", "later")])
     assert paths == (prefix + ".json", prefix + ".csv")
     text = (tmp_path / "sub" / "t.txt").read_text()
-    assert bm.format_table(results) in text and "CPU (test)" in text and "abc" in text
+    assert harness.format_table(results) in text and "CPU (test)" in text and "abc" in text
     assert "not run (1)" in text and "g | later" in text
     data = json.loads((tmp_path / "sub" / "t.json").read_text())
     assert data["not_run"] == [{"group": "g", "provider": "later"}]
@@ -167,14 +171,14 @@ def test_every_target_group_runs_exactly_its_baseline_and_ours(monkeypatch):
         def build(*args, providers, baseline, **kwargs):
             calls.append((builder, {**dict(zip(names, args)), **kwargs}, list(providers), baseline))
             group = f"{builder} {len(calls)}"
-            return [bm.Case(group, p, lambda: None, baseline=p == baseline) for p in providers]
+            return [harness.Case(group, p, lambda: None, baseline=p == baseline) for p in providers]
 
         return build
 
-    monkeypatch.setattr(bm, "model_cases", recorder("model", ["width", "batch", "dtype", "device"]))
-    monkeypatch.setattr(bm, "transformer_layer_cases", recorder("transformer_layer", ["batch", "dim", "n", "dtype", "device"]))
-    monkeypatch.setattr(bm, "attention_scaling_cases", recorder("attention_scaling", ["n", "tokens", "dim", "dtype", "device", "backward"]))  # fmt: skip
-    cases = bm.target_cases(torch.device("cuda"))
+    monkeypatch.setattr(suites, "model_cases", recorder("model", ["width", "batch", "dtype", "device"]))
+    monkeypatch.setattr(suites, "transformer_layer_cases", recorder("transformer_layer", ["batch", "dim", "n", "dtype", "device"]))
+    monkeypatch.setattr(suites, "attention_scaling_cases", recorder("attention_scaling", ["n", "tokens", "dim", "dtype", "device", "backward"]))  # fmt: skip
+    cases = suites.target_cases(torch.device("cuda"))
     assert len(calls) == len(EXPECTED_TARGET_GROUPS)
     for (builder, kwargs, providers, baseline), (want_builder, want_kwargs, want_providers) in zip(calls, EXPECTED_TARGET_GROUPS):
         assert builder == want_builder and {k: kwargs[k] for k in want_kwargs} == want_kwargs, (builder, kwargs)
@@ -186,22 +190,22 @@ def test_every_target_group_runs_exactly_its_baseline_and_ours(monkeypatch):
         by_group.setdefault(case.group, []).append(case)
     assert [[c.provider for c in g] for g in by_group.values()] == [p for _, _, p in EXPECTED_TARGET_GROUPS]
     assert all([c.baseline for c in g] == [True] + [False] * (len(g) - 1) for g in by_group.values())
-    compiles = [g.compiles for g in sorted(bm.TARGET_GROUPS, key=lambda g: g.compiles)]
+    compiles = [g.compiles for g in sorted(suites.TARGET_GROUPS, key=lambda g: g.compiles)]
     assert compiles == sorted(compiles) and compiles[0] == 0 and compiles[-1] > 0
 
 
 def test_attention_and_transformer_layer_builders_take_the_providers_given():
-    cases = bm.attention_scaling_cases(16, 256, 16, torch.float32, CPU, False, baseline="multi-head SDPA",
+    cases = ops.attention_scaling_cases(16, 256, 16, torch.float32, CPU, False, baseline="multi-head SDPA",
                                        providers=["multi-head SDPA", "separable fused", "separable fused key-free (inference op)"])  # fmt: skip
     assert [(c.provider, c.baseline) for c in cases] == [
         ("multi-head SDPA", True), ("separable fused", False), ("separable fused key-free (inference op)", False)]  # fmt: skip
-    results = bm.run_cases(cases, CPU, reps=1, progress=False)  # on the CPU "auto" runs the reference
+    results = harness.run_cases(cases, CPU, reps=1, progress=False)  # on the CPU "auto" runs the reference
     assert [r.error for r in results] == [None] * 3 and results[0].speedup == pytest.approx(1.0)
-    default = bm.attention_scaling_cases(16, 256, 16, torch.float32, CPU, False)
+    default = ops.attention_scaling_cases(16, 256, 16, torch.float32, CPU, False)
     assert [c.provider for c in default] == ["separable eager", "multi-head SDPA", "nn.MultiheadAttention"]
     with pytest.raises(ValueError, match="unknown attention providers"):
-        bm.attention_scaling_cases(16, 256, 16, torch.float32, CPU, False, providers=["flash"])
-    layer = bm.transformer_layer_cases(2, 16, 4, torch.float32, CPU, providers=["module eager", "fused op"])
+        ops.attention_scaling_cases(16, 256, 16, torch.float32, CPU, False, providers=["flash"])
+    layer = ops.transformer_layer_cases(2, 16, 4, torch.float32, CPU, providers=["module eager", "fused op"])
     assert [(c.provider, c.baseline) for c in layer] == [("module eager", True), ("fused op", False)]
 
 
@@ -230,15 +234,102 @@ def test_fp32_oracles_are_computed_with_tf32_off(monkeypatch):
     saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True  # what a GPU run may have
     try:
-        bm.model_cases(0.5, 1, torch.float32, CPU, size=64, providers=["ours eager"])
+        models.model_cases(0.5, 1, torch.float32, CPU, size=64, providers=["ours eager"])
         model_calls = [s for s in seen if s[0] == "MobileViTV2ForImageClassification"]
         assert model_calls == [("MobileViTV2ForImageClassification", False, False)]  # the oracle, the only call
         seen.clear()
-        bm.transformer_layer_cases(2, 16, 4, torch.float32, CPU, providers=["module eager"])
+        ops.transformer_layer_cases(2, 16, 4, torch.float32, CPU, providers=["module eager"])
         assert seen == [("MobileViTV2TransformerLayer", False, False)]
         assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def test_sigterm_stops_a_run_and_its_files_hold_what_ran(tmp_path):
+    """A time limit's SIGTERM during the second case: run_to_files returns the first result and the signal's
+    name, and the files list that result and the two cases never reached."""
+    def terminate():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises in this thread long before
+
+    cases = [harness.Case("g", "first", lambda: None, baseline=True), harness.Case("g", "killer", terminate),
+             harness.Case("g", "never", lambda: None)]  # fmt: skip
+    env = {"device": "CPU (test)", "commit": "abc"}
+    previous = signal.getsignal(signal.SIGTERM)
+    results, stopped = harness.run_to_files(cases, CPU, str(tmp_path / "r"), env, reps=1)
+    assert stopped == "SIGTERM" and [r.provider for r in results] == ["first"]
+    assert signal.getsignal(signal.SIGTERM) is previous  # the handler is put back
+    env_read, read = harness.read_results(tmp_path / "r.json")
+    assert env_read == env and [r.provider for r in read] == ["first"]
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert [row["provider"] for row in data["not_run"]] == ["killer", "never"]
+    assert "not run (2)" in (tmp_path / "r.txt").read_text()
+
+
+# ----- where the harness lives ----------------------------------------------------------------------------------
+
+PACKAGE = Path(__file__).resolve().parent.parent / "mobilevitv2"
+
+
+def _is_harness(module: str) -> bool:
+    return module == "mobilevitv2.bench" or module.startswith("mobilevitv2.bench.")
+
+
+def test_no_module_of_the_package_imports_the_harness():
+    """Importing the package and every module of it outside mobilevitv2/bench/ (the CLI and the old module
+    name included) loads no harness module; and in the source, no module but the CLI and the old name
+    imports it at all, those two only inside a function (when the bench command runs)."""
+    code = (
+        "import importlib, pkgutil, sys\n"
+        "import mobilevitv2\n"
+        "names = [m.name for m in pkgutil.iter_modules(mobilevitv2.__path__, 'mobilevitv2.') if m.name != 'mobilevitv2.bench']\n"
+        "for name in names:\n"
+        "    importlib.import_module(name)\n"
+        "print(' '.join(names))\n"
+        "print(' '.join(m for m in sys.modules if m == 'mobilevitv2.bench' or m.startswith('mobilevitv2.bench.')))\n"
+    )  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    imported, harness_modules = (proc.stdout.splitlines() + ["", ""])[:2]
+    assert {"mobilevitv2.models", "mobilevitv2.blocks", "mobilevitv2.cli", "mobilevitv2.benchmark"} <= set(imported.split())
+    assert harness_modules.split() == []
+
+    for path in sorted(PACKAGE.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        top_level = {id(node) for node in tree.body}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                targets = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+            else:
+                continue
+            if any(_is_harness(t) for t in targets):
+                where = f"{path.name}:{node.lineno}"
+                assert path.name in ("cli.py", "benchmark.py"), f"{where} imports the benchmark harness"
+                assert id(node) not in top_level, f"{where} imports the benchmark harness at module level"
+
+
+def test_the_old_module_name_forwards_with_one_warning(monkeypatch):
+    """mobilevitv2.benchmark: every public name resolves to the same object in mobilevitv2.bench, with one
+    DeprecationWarning naming the new package; main (what the CLI calls) runs the bench command."""
+    import mobilevitv2.benchmark as old
+
+    old = importlib.reload(old)  # a fresh module: no warning given yet
+    with pytest.warns(DeprecationWarning, match=r"mobilevitv2\.bench\b.*mobilevitv2\.bench\.harness"):
+        assert old.time_ms is harness.time_ms
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a second warning would raise
+        for name in old.__all__:
+            new_home = {"main": None, **{n: m for m, names in old._NEW_HOME.items() for n in names}}[name]
+            if new_home is not None:
+                assert getattr(old, name) is getattr(importlib.import_module(new_home), name), name
+        assert old.model_cases is models.model_cases and old.TARGET_GROUPS is suites.TARGET_GROUPS
+        with pytest.raises(AttributeError):
+            old.no_such_name  # noqa: B018
+        seen = []
+        monkeypatch.setattr(command, "main", lambda argv: seen.append(argv) or 0)
+        assert old.main(["--reps", "1"]) == 0 and seen == [["--reps", "1"]]
 
 
 # ----- bench/gpu_check_kernels.py -----------------------------------------------------------------------------
@@ -381,3 +472,4 @@ def test_gpu_check_kernels_stopped_by_sigterm_keeps_its_results(tmp_path):
     assert data["stopped_by"] == "SIGTERM" and data["finished"] is False
     assert len(_timed_values(data)) >= measured and list(data["sections"])[0] == "ir_variants"
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
