@@ -1,13 +1,15 @@
-"""Log-log plot of time against N, separable vs multi-head attention, from a results JSON of run_full.py.
+"""Log-log plot of time against N, separable vs multi-head attention, from a results JSON of run_full.py (or
+any file the benchmark harness's ``write_results`` wrote, read back with its ``read_results``).
 
     python bench/plot_attention_scaling.py bench/results/full-cuda.json out.png
 """
 
 from __future__ import annotations
 
-import json
 import re
 import sys
+
+from mobilevitv2.bench.harness import read_results
 
 
 def plot(json_path: str, png_path: str) -> str | None:
@@ -19,13 +21,12 @@ def plot(json_path: str, png_path: str) -> str | None:
     except ImportError:
         print("matplotlib is not installed; skipping the plot (pip install matplotlib)", file=sys.stderr)
         return None
-    with open(json_path) as f:
-        data = json.load(f)
+    env, results = read_results(json_path)
     series: dict[tuple[str, str], list[tuple[int, float]]] = {}
-    for row in data["results"]:
-        m = re.match(r"attention N=(\d+) .* (fwd\+bwd|fwd)$", row["group"])
-        if m and row["error"] is None:
-            series.setdefault((row["provider"], m.group(2)), []).append((int(m.group(1)), row["ms"]))
+    for r in results:
+        m = re.match(r"attention N=(\d+) .* (fwd\+bwd|fwd)$", r.group)
+        if m and r.error is None:
+            series.setdefault((r.provider, m.group(2)), []).append((int(m.group(1)), r.ms))
     if not series:
         return None
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=False)
@@ -41,7 +42,6 @@ def plot(json_path: str, png_path: str) -> str | None:
         ax.set_title(f"{mode}")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
-    env = data["environment"]
     fig.suptitle(f"Separable vs multi-head attention on {env['device']} (torch {env['torch']}, {env['commit']})", fontsize=10)
     fig.tight_layout()
     fig.savefig(png_path, dpi=120)

@@ -1,5 +1,6 @@
 """Where the time goes: per-part forward time of a model, timed with CUDA events around module calls
-(or perf_counter on the CPU), for ours (eager or fused) and for transformers' model.
+(or perf_counter on the CPU), for ours (eager or fused) and for transformers' model. The clock, the whole
+forward's timing and the device name come from the benchmark harness (mobilevitv2.bench.harness).
 
     python bench/profile_modules.py --batch 256 --dtype fp16                  # on a GPU
     python bench/profile_modules.py --batch 2 --dtype fp32 --device cpu       # anywhere
@@ -14,13 +15,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from collections import defaultdict
 
 import torch
 from torch import nn
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+from mobilevitv2.bench import harness
+from mobilevitv2.bench.checks import DTYPES
 
 
 def part_of(name: str, module: nn.Module) -> str | None:
@@ -50,30 +51,21 @@ class PartTimer:
                 self.handles.append(module.register_forward_pre_hook(self._start(part)))
                 self.handles.append(module.register_forward_hook(self._stop(part)))
 
-    def _now(self):
-        if self.device.type == "cuda":
-            event = torch.cuda.Event(enable_timing=True)
-            event.record()
-            return event
-        return time.perf_counter()
-
     def _start(self, part):
         def hook(module, args):
-            self.events[part].append([self._now(), None])
+            self.events[part].append([harness.mark(self.device), None])
 
         return hook
 
     def _stop(self, part):
         def hook(module, args, output):
-            self.events[part][-1][1] = self._now()
+            self.events[part][-1][1] = harness.mark(self.device)
 
         return hook
 
     def totals_ms(self) -> dict[str, float]:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            return {p: sum(a.elapsed_time(b) for a, b in spans) for p, spans in self.events.items()}
-        return {p: sum((b - a) * 1e3 for a, b in spans) for p, spans in self.events.items()}
+        harness.synchronize(self.device)
+        return {p: sum(harness.elapsed_ms(a, b) for a, b in spans) for p, spans in self.events.items()}
 
     def reset(self):
         self.events.clear()
@@ -86,10 +78,8 @@ class PartTimer:
 def profile(model: nn.Module, x: torch.Tensor, reps: int) -> dict[str, float]:
     """Median per-part ms over ``reps`` forwards, plus "whole forward" (un-hooked) and "the rest"."""
     device = x.device
-    from mobilevitv2.benchmark import time_ms
-
     with torch.no_grad():
-        whole = time_ms(lambda: model(x), device, warmup=3, reps=reps)
+        whole = harness.time_ms(lambda: model(x), device, warmup=3, reps=reps)
         timer = PartTimer(model, device)
         per_rep = defaultdict(list)
         for _ in range(reps + 2):
@@ -135,7 +125,7 @@ def main() -> int:
     x = torch.randn(args.batch, 3, 256, 256, device=device, dtype=dtype)
     results = {name: profile(m.to(device=device, dtype=dtype).eval(), x, args.reps) for name, m in models.items()}
     parts = list(dict.fromkeys(p for r in results.values() for p in r))
-    print(f"width {args.width}, batch {args.batch}, {args.dtype}, {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}; ms per forward")
+    print(f"width {args.width}, batch {args.batch}, {args.dtype}, {harness.device_name(device)}; ms per forward")
     print("part".ljust(34) + "".join(name.rjust(16) for name in results))
     for part in parts:
         print(part.ljust(34) + "".join(f"{r.get(part, 0.0):16.3f}" for r in results.values()))
