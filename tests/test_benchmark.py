@@ -3,7 +3,8 @@ provider from being timed, speed-ups against the named baseline, partial results
 the targets suite end to end on tiny CPU shapes (its GPU run is bench/gpu_all.sh) and the providers each
 target runs, SIGTERM ending a run with its files written; the harness's place (nothing in the model package
 imports it; the old module name warns and forwards); and bench/gpu_check_kernels.py: its CPU dry run, its
-results file after every measurement, its exit status without a GPU and on SIGTERM."""
+results file after every measurement, its exit status without a GPU and on SIGTERM, its timing, environment
+and file through the harness."""
 
 from __future__ import annotations
 
@@ -374,7 +375,8 @@ def test_gpu_check_kernels_smoke_records_the_variant_comparison_first(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     data = json.loads(out.read_text())
     assert data["finished"] is True and data["errors"] == []
-    assert {"device", "torch", "triton", "commit"} <= set(data) and data["torch"] == torch.__version__
+    env = data["environment"]  # the harness's block, the same keys as every mobilevitv2 bench file
+    assert set(env) == set(harness.environment(CPU)) and env["torch"] == torch.__version__
     assert "tests" not in data
     sections = list(data["sections"])
     assert sections[0] == "ir_variants"
@@ -473,3 +475,34 @@ def test_gpu_check_kernels_stopped_by_sigterm_keeps_its_results(tmp_path):
     assert len(_timed_values(data)) >= measured and list(data["sections"])[0] == "ir_variants"
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
+
+def test_gpu_check_kernels_times_and_writes_through_the_harness(tmp_path, monkeypatch):
+    """The kernel checks take their environment block, their timer (one call under --smoke, do_bench_ms on a
+    GPU), their copy timings and every write of their file from the harness: with those replaced by
+    recorders, the file holds the recorder's environment, every timing is the recorder's, and every save
+    went through harness.write_json."""
+    module = _gpu_check_module()
+    fake_env = {"device": "CPU (recorded)", "torch": "t", "triton": "tr", "commit": "c0ffee"}
+    monkeypatch.setattr(harness, "environment", lambda device: dict(fake_env))
+    timed = []
+
+    def once_ms(fn):  # k/4 ms at the k-th call
+        fn()
+        timed.append(fn)
+        return 0.25 * len(timed)
+
+    monkeypatch.setattr(harness, "once_ms", once_ms)
+    writes = []
+    write_json = harness.write_json
+    monkeypatch.setattr(harness, "write_json", lambda path, data: writes.append(Path(path)) or write_json(path, data))
+    out = tmp_path / "kernels.json"
+    assert module.main(["--smoke", "--only-ir", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["environment"] == fake_env
+    assert _timed_values(data) == [0.25 * k for k in range(1, len(timed) + 1)] and len(timed) > 4
+    assert data["copies"] and all(c["ms"] in _timed_values(data) for c in data["copies"])  # the harness's copy
+    assert set(writes) == {out} and len(writes) > len(timed)  # every save, each timing saved at once
+
+    benched = []
+    monkeypatch.setattr(harness, "do_bench_ms", lambda fn, rep_ms: benched.append(rep_ms) or 1.5)
+    assert module.default_timer(smoke=False)(lambda: None, 50) == 1.5 and benched == [50]
