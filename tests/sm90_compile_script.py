@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import subprocess
 import sys
 
@@ -27,7 +28,9 @@ CUOBJDUMP = glob.glob(os.path.join(os.path.dirname(triton.__file__), "backends",
 def compile_for_sm90(kernel, args, meta) -> str:
     """Compile ``kernel`` for the positional ``args`` (tensors may be on the meta device: no memory, real
     strides) and ``meta`` (constexprs plus ``num_warps``/``num_stages``); return ptxas's resource usage
-    (or a note that it could not be read), asserting that nothing spilled."""
+    (or a note that it could not be read), asserting that nothing spilled, followed by ``barriers=N``: the
+    block-wide barriers in the compiled Triton IR (no CPU run can see a missing barrier's race; the IR
+    shows whether the barrier is there)."""
     meta = dict(meta)
     options = {"num_warps": meta.pop("num_warps"), "num_stages": meta.pop("num_stages", 2)}
     # Specialised as the JIT does: value 1 -> constant; multiples of 16 and pointers -> divisibility 16.
@@ -46,8 +49,9 @@ def compile_for_sm90(kernel, args, meta) -> str:
     compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
     cubin = compiled.asm["cubin"]
     assert cubin
+    barriers = "barriers=%d" % len(re.findall(r"\b(?:ttg|gpu)\.barrier\b", compiled.asm["ttir"]))
     if not CUOBJDUMP:
-        return "resource usage not checked (no cuobjdump)"
+        return "resource usage not checked (no cuobjdump) " + barriers
     path = "/tmp/mobilevitv2_sm90_%d.cubin" % os.getpid()
     with open(path, "wb") as f:
         f.write(cubin)
@@ -55,4 +59,4 @@ def compile_for_sm90(kernel, args, meta) -> str:
     os.remove(path)
     usage = next(line.strip() for line in usage.splitlines() if "REG:" in line).split(" CONSTANT")[0]
     assert "STACK:0 " in usage + " ", ("register spills", kernel.fn.__name__, meta, usage)
-    return usage
+    return usage + " " + barriers

@@ -277,14 +277,17 @@ def test_separable_attention_op_autograd(device, dtype, B, d, P, N):
     assert_close(grad, expected_grad, lowp_grad, dtype)
 
 
-def test_opcheck(device):
+@pytest.mark.parametrize("requires_grad", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_opcheck(device, dtype, requires_grad):
     """The four registered ops pass torch.library.opcheck (schema, fake kernel, autograd registration,
-    AOT dispatch) with the triton backend. Under the interpreter this works because the ops are custom_ops
-    whose fake kernels never launch Triton (see facts.md on triton_op)."""
-    qkv = make_qkv(2, 3, 4, 5, torch.float32, device).requires_grad_(True)
-    grad_out = torch.randn(2, 3, 4, 5, device=device)
-    x = torch.randn(2, 3, 5, 7, device=device, requires_grad=True)
-    patches = torch.randn(2, 3, 4, 6, device=device, requires_grad=True)
+    AOT dispatch) with the triton backend, in every dtype (a fake kernel that returns the wrong dtype fails
+    only there) and with inputs that do and do not require grad. Under the interpreter this works because
+    the ops are custom_ops whose fake kernels never launch Triton (see facts.md on triton_op)."""
+    qkv = make_qkv(2, 3, 4, 5, dtype, device).requires_grad_(requires_grad)
+    grad_out = torch.randn(2, 3, 4, 5, device=device, dtype=dtype)
+    x = torch.randn(2, 3, 5, 7, device=device, dtype=dtype, requires_grad=requires_grad)
+    patches = torch.randn(2, 3, 4, 6, device=device, dtype=dtype, requires_grad=requires_grad)
     ops = torch.ops.mobilevitv2
     cases = [
         (ops.separable_attention.default, (qkv, "triton")),
