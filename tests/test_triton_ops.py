@@ -69,16 +69,25 @@ def reference_grad(qkv, grad_out):
     return out.detach(), grad
 
 
+# Query logits up to ~100 in ordinary cases: beyond float32's exp range (88), so a softmax that does not
+# subtract the maximum overflows in every test that uses make_qkv, not only in the large-logits one.
+QUERY_SCALE = 25.0
+
+
 def make_qkv(B, d, P, N, dtype, device, layout="contiguous"):
-    """qkv (B, 1+2d, P, N) in a given memory layout, the values exactly representable in ``dtype``."""
+    """qkv (B, 1+2d, P, N) in a given memory layout, the values exactly representable in ``dtype``, the
+    query channel scaled by QUERY_SCALE."""
     C = 1 + 2 * d
     if layout == "contiguous":
-        return torch.randn(B, C, P, N, device=device).to(dtype)
-    if layout == "channel_slice":  # a slice of a bigger tensor: strides of a (B, C + 3, P, N) tensor
-        return torch.randn(B, C + 3, P, N, device=device).to(dtype)[:, 2 : 2 + C]
-    if layout == "transposed":  # N is not the innermost dimension (stride_n = C)
-        return torch.randn(B, N, P, C, device=device).to(dtype).permute(0, 3, 2, 1)
-    raise ValueError(layout)
+        qkv = torch.randn(B, C, P, N, device=device).to(dtype)
+    elif layout == "channel_slice":  # a slice of a bigger tensor: strides of a (B, C + 3, P, N) tensor
+        qkv = torch.randn(B, C + 3, P, N, device=device).to(dtype)[:, 2 : 2 + C]
+    elif layout == "transposed":  # N is not the innermost dimension (stride_n = C)
+        qkv = torch.randn(B, N, P, C, device=device).to(dtype).permute(0, 3, 2, 1)
+    else:
+        raise ValueError(layout)
+    qkv[:, :1] *= QUERY_SCALE
+    return qkv
 
 
 # (B, d, P, N, tile overrides): odd N, N=1, d not a power of two, P = 1 and 4, B = 1, N over several blocks
