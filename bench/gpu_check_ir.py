@@ -204,6 +204,7 @@ class IRCase:
 
         import mobilevitv2_kernels as mk
         from mobilevitv2 import MobileViTV2Config
+        from mobilevitv2.bench.ops import use_backend
         from mobilevitv2.layers import MobileViTV2InvertedResidual
         from mobilevitv2_kernels.numerics import strict_fp32
         from mobilevitv2_kernels.triton_kernels import inverted_residual as tk_ir
@@ -238,7 +239,7 @@ class IRCase:
         fused = MobileViTV2InvertedResidual(MobileViTV2Config(), c_in, c_out, stride=self.stride)
         fused.load_state_dict(self.module.state_dict())
         self.fused_module = fused.to(device=device, dtype=dtype).eval()
-        self.fused_module.fused_backend = "triton"
+        use_backend(self.fused_module, "conv_backend", "triton")  # what set_implementation(conv=) stores
 
         H_out, W_out = -(-H // self.stride), -(-W // self.stride)
         self.out_shape = (batch, c_out, H_out, W_out)

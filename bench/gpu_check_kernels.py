@@ -23,7 +23,7 @@ Order, so that the measurements that decide something come first and a time limi
    called directly at the five width-1.0 block shapes (B=256, fp16, 256x256 input). This decides the
    launcher's automatic rule (``choose_variant``); ``summary.ir_variant_choice`` says which one was faster.
 2. ``inverted_residual``: the fused op (BatchNorm folded beforehand), the module with
-   ``fused_backend="triton"`` (folding at every call) and the eager module (conv + BN + SiLU x3).
+   ``conv_backend="triton"`` (folding at every call) and the eager module (conv + BN + SiLU x3).
 3. ``attention``: separable attention at the three stage shapes (B=256, fp16; qkv (B, 1+2d, P, N)): forward,
    backward alone and forward+backward of each fused backend (triton, cuda where available) and the eager
    reference.

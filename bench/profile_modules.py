@@ -30,7 +30,7 @@ def part_of(name: str, module: nn.Module) -> str | None:
     if kind == "MobileViTV2InvertedResidual" or name.endswith("conv_stem"):
         return "inverted residual blocks + stem"
     if kind == "MobileViTV2TransformerLayer":  # as a whole only where it runs fused (its parts never run then)
-        return "transformer layers (fused op)" if getattr(module, "fused_backend", None) else None
+        return "transformer layers (fused op)" if getattr(module, "transformer_backend", None) else None
     if kind == "MobileViTV2LinearSelfAttention":
         return "attention"
     if kind == "MobileViTV2FFN":
@@ -108,13 +108,13 @@ def main() -> int:
 
     config = MobileViTV2Config.from_width(args.width, num_labels=1000)
     models = {}
-    variants = {"ours eager": ("eager", "eager")}
+    variants = {"ours eager": ("reference", "reference")}
     if device.type == "cuda":
-        variants.update({"ours fused": ("auto", "eager"), "ours fused all": ("auto", "auto")})
+        variants.update({"ours fused": ("auto", "reference"), "ours fused all": ("auto", "auto")})
     for name, (attn, inference_fusions) in variants.items():
         m = MobileViTV2ForImageClassification(MobileViTV2Config.from_width(args.width, num_labels=1000))
-        m.set_attn_implementation(attn, check=False).set_conv_implementation(inference_fusions, check=False)
-        models[name] = m.set_transformer_implementation(inference_fusions, check=False)
+        models[name] = m.set_implementation(attention=attn, conv=inference_fusions, transformer=inference_fusions,
+                                            check=False)  # fmt: skip
     try:
         import transformers
 

@@ -210,6 +210,32 @@ def test_attention_and_transformer_layer_builders_take_the_providers_given():
     assert [(c.provider, c.baseline) for c in layer] == [("module eager", True), ("fused op", False)]
 
 
+def test_fused_providers_reach_the_fused_ops(monkeypatch):
+    """"separable fused" and the transformer layer's "fused op" run the fused ops (not the reference path
+    they fall back to when a module's implementation attribute is missing or misnamed): each op is wrapped
+    by a recorder, and "auto" is made to take the fused attention on the CPU for this test."""
+    import mobilevitv2_kernels
+    from mobilevitv2 import implementation
+
+    calls = []
+    for name in ("separable_attention", "transformer_layer"):
+        op = getattr(mobilevitv2_kernels, name)
+        monkeypatch.setattr(mobilevitv2_kernels, name, lambda *a, _op=op, _name=name, **k: calls.append(_name) or _op(*a, **k))
+    monkeypatch.setitem(implementation.FUSED_IS_FASTER, "attention", frozenset({"cuda", "cpu"}))
+    cases = ops.attention_scaling_cases(16, 256, 16, torch.float32, CPU, False, providers=["separable eager", "separable fused"])
+    cases += ops.transformer_layer_cases(2, 16, 4, torch.float32, CPU, providers=["module eager", "fused op"])
+    results = []
+    for case in cases:
+        before = len(calls)
+        results += harness.run_cases([case], CPU, reps=1, progress=False)
+        calls_made = set(calls[before:])
+        expected = {"separable fused": {"separable_attention"}, "fused op": {"transformer_layer"}}.get(case.provider, set())
+        assert calls_made == expected, (case.provider, calls_made)
+    assert [r.error for r in results] == [None] * 4, results
+    with pytest.raises(AttributeError, match="fused_backend"):
+        ops.use_backend(torch.nn.Linear(1, 1), "fused_backend", "triton")
+
+
 # ----- float32 oracles with TF32 off --------------------------------------------------------------------------
 
 

@@ -11,9 +11,9 @@ from mobilevitv2.bench.harness import Case
 from mobilevitv2_kernels.numerics import strict_fp32
 
 # Model providers as data: who runs the model, with which options, compiled how (None: not compiled).
-# "fused" = fused attention (attn_implementation="auto"); "+conv" adds the fused inverted residuals
-# (conv_implementation="auto", inference only); "all" adds the fused transformer layers too
-# (transformer_implementation="auto", inference only). "frozen" compiles with Inductor's freezing, which
+# "eager" = the reference path (set_implementation("reference")); "fused" = fused attention (attention="auto");
+# "+conv" adds the fused inverted residuals (conv="auto", inference only); "all" adds the fused transformer
+# layers too (transformer="auto", inference only). "frozen" compiles with Inductor's freezing, which
 # treats the parameters as constants (inference only, parameters must not change afterwards), so the
 # per-call weight preparation (BatchNorm folding, GroupNorm affine) is folded away at compile time;
 # "frozen cudagraphs" adds CUDA graphs, like mode="reduce-overhead" (which cannot be combined with options).
@@ -23,8 +23,8 @@ MODEL_PROVIDERS: dict[str, tuple[str, dict, dict | None]] = {
     "transformers eager": ("transformers", {}, None),
     "transformers compiled": ("transformers", {}, {}),
     "transformers compiled reduce-overhead": ("transformers", {}, {"mode": "reduce-overhead"}),
-    "ours eager": ("ours", {"attn": "eager"}, None),
-    "ours compiled": ("ours", {"attn": "eager"}, {"fullgraph": True}),
+    "ours eager": ("ours", {"attn": "reference"}, None),
+    "ours compiled": ("ours", {"attn": "reference"}, {"fullgraph": True}),
     "ours fused": ("ours", {"attn": "auto"}, None),
     "ours fused compiled": ("ours", {"attn": "auto"}, {"fullgraph": True}),
     "ours fused compiled reduce-overhead": ("ours", {"attn": "auto"}, {"fullgraph": True, "mode": "reduce-overhead"}),
@@ -121,7 +121,7 @@ def model_cases(
     )  # fmt: skip
     expected = None
     if not training:  # ours eager, fp32, same weights and input: what every provider's output must match
-        reference_model = ours_class(our_config()).set_attn_implementation("eager", check=False)
+        reference_model = ours_class(our_config()).set_implementation("reference", check=False)
         reference_model.load_state_dict(weights)
         with torch.no_grad(), strict_fp32():  # full float32: with TF32 the oracle would round like fp16 does
             expected = reference_model.to(device).eval()(x).logits.float()
@@ -140,11 +140,9 @@ def model_cases(
                 hf_config.output_stride = output_stride
             model = hf_class(hf_config)
         else:
-            model = ours_class(our_config()).set_attn_implementation(options["attn"], check=False)
-            if "conv" in options:
-                model.set_conv_implementation(options["conv"], check=False)
-            if "transformer" in options:
-                model.set_transformer_implementation(options["transformer"], check=False)
+            model = ours_class(our_config()).set_implementation(
+                attention=options["attn"], conv=options.get("conv"), transformer=options.get("transformer"), check=False
+            )  # a part not named keeps its default (the reference for conv and transformer)
         model.load_state_dict(weights)
         model = model.to(device=device, dtype=cases_dtype)
         model.train(training)

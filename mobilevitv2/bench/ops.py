@@ -13,6 +13,15 @@ from mobilevitv2_kernels import reference as kernel_reference
 from mobilevitv2_kernels.numerics import strict_fp32
 
 
+def use_backend(module: torch.nn.Module, attribute: str, backend: str) -> None:
+    """Set the fused backend a standalone module runs with (what a model's ``set_implementation`` stores on
+    it); an attribute the module's class does not declare raises, so that a renamed attribute cannot
+    silently leave a "fused" provider on the reference path."""
+    if not hasattr(type(module), attribute):
+        raise AttributeError(f"{type(module).__name__} has no implementation attribute {attribute!r}")
+    setattr(module, attribute, backend)
+
+
 def _compile(fn, **kwargs):
     return torch.compile(fn, **kwargs)
 
@@ -118,10 +127,13 @@ def attention_scaling_cases(
         raise ValueError("the key-free attention op is inference-only; it has no backward")
 
     def make(provider):
-        if provider == "separable eager":
-            return run(lambda t: separable(t, "eager"), patches)
-        if provider == "separable fused":
-            return run(lambda t: separable(t, "auto"), patches)
+        if provider == "separable eager":  # the module's reference path (attention_backend None)
+            return run(separable, patches)
+        if provider == "separable fused":  # the same weights through the fused op where "auto" takes it
+            fused = MobileViTV2LinearSelfAttention(MobileViTV2Config(), dim).to(device=device, dtype=dtype)
+            fused.load_state_dict(separable.state_dict())
+            use_backend(fused, "attention_backend", "auto")
+            return run(fused, patches)
         if provider == "separable fused key-free (inference op)":  # projections fused too, qkv never formed
             from mobilevitv2_kernels import linear_self_attention
 
@@ -173,7 +185,7 @@ def transformer_layer_cases(
         if provider == "fused op":
             fused = MobileViTV2TransformerLayer(MobileViTV2Config(), dim, 2 * dim).to(device=device, dtype=dtype).eval()
             fused.load_state_dict(layer.state_dict())
-            fused.fused_backend = "triton"
+            use_backend(fused, "transformer_backend", "triton")
             forward = fused
         else:
             forward = torch.compile(layer) if provider == "module compiled" else layer
