@@ -36,6 +36,8 @@ needs_cpu_triton = pytest.mark.skipif(
     "triton" not in mk.available_backends("cpu", op="inverted_residual"), reason="triton (interpreter) not available"
 )
 
+pytestmark = pytest.mark.usefixtures("nan_allocations")  # every allocation starts as NaN
+
 
 @pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 def device(request):

@@ -14,6 +14,8 @@ import mobilevitv2_kernels as mk
 from mobilevitv2_kernels import backends, reference, self_check
 from mobilevitv2_kernels.self_check import KernelCheckWarning
 
+pytestmark = pytest.mark.usefixtures("nan_allocations")  # every allocation starts as NaN
+
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 # op -> the backend function(s) its check calls
 FUNCTIONS = {
