@@ -6,7 +6,7 @@ installed wheel, not only from a source checkout."""
 from setuptools import setup
 
 setup(
-    packages=["mobilevitv2", "mobilevitv2_kernels", "mobilevitv2_kernels.triton_kernels", "mobilevitv2_kernels.csrc"],
+    packages=["mobilevitv2", "mobilevitv2.bench", "mobilevitv2_kernels", "mobilevitv2_kernels.triton_kernels", "mobilevitv2_kernels.csrc"],
     package_dir={"mobilevitv2_kernels.csrc": "csrc"},
     package_data={"mobilevitv2_kernels.csrc": ["*.cu", "*.cuh", "*.cpp", "*.h"]},
 )

@@ -208,10 +208,10 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
 # ----- bench -------------------------------------------------------------------------------------------------
 def cmd_bench(argv: Sequence[str]) -> int:
     try:
-        from mobilevitv2 import benchmark
+        from mobilevitv2.bench import command
     except ImportError as exc:
         raise UsageError(f"the benchmark is not available in this installation ({exc})") from None
-    return int(benchmark.main(list(argv)) or 0)
+    return int(command.main(list(argv)) or 0)
 
 
 # ----- the parser --------------------------------------------------------------------------------------------

@@ -200,17 +200,17 @@ def test_export_onnx_command(files, capsys, tmp_path):
 
 
 def test_bench_dispatch(capsys, monkeypatch):
-    import mobilevitv2
+    import mobilevitv2.bench
 
     seen = []
-    fake = type(sys)("mobilevitv2.benchmark")
+    fake = type(sys)("mobilevitv2.bench.command")
     fake.main = lambda argv: seen.append(argv) or 0
-    monkeypatch.setitem(sys.modules, "mobilevitv2.benchmark", fake)
-    monkeypatch.setattr(mobilevitv2, "benchmark", fake, raising=False)
+    monkeypatch.setitem(sys.modules, "mobilevitv2.bench.command", fake)
+    monkeypatch.setattr(mobilevitv2.bench, "command", fake, raising=False)
     code, _, _ = run(["bench", "--reps", "1", "--device", "cpu"], capsys)
     assert code == 0 and seen == [["--reps", "1", "--device", "cpu"]]
-    monkeypatch.setitem(sys.modules, "mobilevitv2.benchmark", None)  # an installation without it
-    monkeypatch.delattr(mobilevitv2, "benchmark")
+    monkeypatch.setitem(sys.modules, "mobilevitv2.bench.command", None)  # an installation without it
+    monkeypatch.delattr(mobilevitv2.bench, "command")
     code, _, err = run(["bench"], capsys)
     assert_one_line_error(code, err, "benchmark is not available")
 
