@@ -1,79 +1,9 @@
-"""Triton kernels for the fused MobileNetV2 inverted residual (inference), in two variants, and their launcher.
-
-Computes, with BatchNorm folded into the weights (:mod:`mobilevitv2_kernels.folding`):
-    h = SiLU(x @ w_expand^T + b_expand)                   expand 1x1, C_in -> E
-    h = SiLU(depthwise3x3(h, w_dw, stride, dilation) + b_dw)
-    y = h @ w_reduce^T + b_reduce (+ x)                   reduce 1x1, E -> C_out
-
-so that the E-channel expanded activation, the largest tensor of the network, never reaches memory.
-Variants (``variant=`` of :func:`inverted_residual_forward`; None = :func:`choose_variant`'s PROVISIONAL
-rule, halo at stride 1 and recompute at stride 2, to be decided by ``bench/gpu_check_kernels.py``):
-"recompute" evaluates the expand 1x1 once per (output pixel, tap); "halo" once per pixel of a 2-D tile's
-input halo, through a scratch buffer (described after the first).
-
-Variant "recompute". Work split: one program per (tile of BLOCK_P output pixels, block of BLOCK_CO output
-channels); pixels are the flattened (b, oh, ow) of the output, output-channel blocks adjacent in launch
-order so that programs sharing a pixel tile (and so its input pixels) run together. Every tile is (channels,
-pixels), pixels last and spread over a warp's threads: NCHW loads and stores coalesce along image rows, and
-per-pixel index vectors cost a register or two per thread. Each program loops over E in BLOCK_E chunks:
-
-    for each chunk of E:
-        dw = 0                                               (BLOCK_E, BLOCK_P) fp32
-        for each of the 9 taps (a loop; unrolled, nine taps' pointers would stay live at once):
-            x_tap = x at the tap's shifted input positions   (BLOCK_K, BLOCK_P) per C_in chunk, 0 outside
-            h = SiLU(w_expand_chunk @ x_tap + b_expand)       tl.dot, fp32 accumulation
-            h = 0 where the tap is outside the image          (padding applies to the *expanded* map)
-            dw += h * w_dw[:, tap]
-        acc += w_reduce_chunk @ SiLU(dw + b_dw)              tl.dot into (BLOCK_CO, BLOCK_P) fp32
-    out = acc + b_reduce (+ x), stored in x's dtype
-
-Recompute: the expand 1x1 runs once per (output pixel, tap), i.e. 9 times per output pixel instead of once
-per input pixel: 9x the expand FLOPs of the unfused block at stride 1 and 9/4 = 2.25x at stride 2, times the
-number of output-channel blocks (1 whenever C_out <= BLOCK_CO: 256 by default for 128 < C_out <= 256,
-else 128). The depthwise conv and the reduce 1x1 run once. From DRAM, x is read once (the nine shifted
-reads of a tile hit L1/L2) and y written once; the E-channel activations never leave the chip. Whether the
-extra expand FLOPs cost less than the two E-channel round trips they save is what
-``bench/gpu_check_kernels.py`` measures.
-
-Registers, from ptxas for sm_90 with the JIT's specialisation of the width-1.0 shapes (checked by
-tests/test_fused_inverted_residual.py::test_kernel_compiles_for_sm90, with Triton 3.8 in CI and 3.6, the
-GPU image's, by .ci/run): at the defaults BLOCK_P=64, BLOCK_K<=64, BLOCK_E<=64, 8 warps, fp16 uses
-125-242 registers per thread, no spills. Triton 3.6 spills where 3.8 does not for BLOCK_CO=256 with
-C_out=512 (hence 128 beyond 256 output channels) and for float32 at BLOCK_E 32 or 64 (IEEE dots; hence 16). The accumulator (BLOCK_CO x BLOCK_P fp32) lives through the whole E loop, dw through the tap loop;
-the w_reduce tile (BLOCK_CO x BLOCK_E) is the largest transient. Weight tiles are loaded in x's dtype with
-unit inner stride (the launcher makes them so; float32 weight tiles feeding an fp16 dot spill). 4 warps
-at these tiles spill too; BLOCK_E=32 with 4 warps fits (231). The tile sweep of the GPU script picks among
-such configurations.
-
-Variant "halo": a persistent grid (default 2 programs per SM), each program looping over work items
-(image, TILE_H x TILE_W output tile, block of BLOCK_CO output channels) with its own scratch slot of
-(BLOCK_E, HALO_PAD) in global memory (float32 by default, or x's dtype):
-
-    for each chunk of E:
-        for each BLOCK_HP pixels of the tile's input halo, ((TILE_H-1)*s+1+2d) x ((TILE_W-1)*s+1+2d):
-            scratch = SiLU(w_expand_chunk @ x_halo + b_expand), 0 outside the image    tl.dot, fp32
-        barrier
-        dw = sum over the 9 taps of scratch[tap-shifted window] * w_dw[:, tap]         gathers (L1/L2)
-        barrier                                                                      (before reuse)
-        acc += w_reduce_chunk @ SiLU(dw + b_dw)
-
-Expand work per output pixel: HALO_PAD / (TILE_H * TILE_W), 1.5 at the 16-bit default 8 x 16 tile (halo
-10 x 18 = 180 pixels in BLOCK_HP=32 steps: 192) at stride 1, dilation 1; 2.0 at 8 x 8 (100 -> 128; float32
-and BLOCK_CO 256, where 8 x 16 spills); 5.0 at stride 2 with 8 x 8 (17 x 17 -> 320), i.e. 1.25x the unfused
-block's expand there against recompute's 2.25x. The expand is repeated per output-channel block: once
-whenever C_out <= BLOCK_CO (every stride-1 block of the model at width 1.0 up to OS 16; the OS-8 dilated
-blocks with C_out 384/512 take it 2x). The scratch is small enough to stay in L2: 64 x 192 x 4 = 48 KiB per
-slot for float32 (BLOCK_E 64), 2 x 132 slots = 12.4 MiB on an H100 SXM, half that for 16-bit inputs,
-whose default BLOCK_E is 32 (64 spills with Triton 3.6); its chunk is written and read back by the same
-program (L1/L2 traffic, no DRAM round trip in steady state). Registers from ptxas for sm_90 at the defaults
-(test_kernel_compiles_for_sm90): 219-255 without spills (16-bit), 191-224 float32; 8 x 16 tiles spill for
-float32 and for BLOCK_CO=256. Whether halo beats recompute (and cuDNN + torch.compile) is unmeasured.
-
-Dot precision: float16/bfloat16 inputs use the tensor cores natively (wgmma on sm_90); a float32 input uses
-IEEE fp32 dots (no TF32), so float32 results match the eager model to 1e-5. All tile sizes are >= 16
-(``tl.dot``'s minimum); masks pad channel counts that are not multiples of the tiles. x and out are
-addressed through their strides: NCHW, channels_last and sliced inputs are read in place.
-"""
+"""Triton kernels for the fused MobileNetV2 inverted residual (inference), BatchNorm folded, in two
+variants ("recompute": the expand 1x1 once per (output pixel, tap); "halo": once per pixel of a tile's
+input halo, through an L2 scratch buffer), and their launcher; the E-channel expanded activation never
+reaches memory. The pseudocode, work splits, register budgets and the variant rule: docs/design.md,
+"Inverted residual (Triton)". One file for the op family (over 400 lines): both variants share the jit
+helpers and the launch configuration."""
 
 from __future__ import annotations
 

@@ -1,26 +1,6 @@
-"""Triton kernels for the separable-attention core: forward, backward, and their launchers.
-
-Notation (as in :mod:`mobilevitv2_kernels.reference`): ``qkv`` is (B, 1+2d, P, N) with channels
-[query (1), key (d), value (d)]; for every (b, p): ``s = softmax_N(q)``, ``c = sum_N k*s`` (one value per
-key channel), ``out = relu(v) * c``. All arithmetic is fp32; inputs and outputs keep the caller's dtype.
-
-Forward: one program per (b*p, block of BLOCK_D key/value channels), d-blocks adjacent in launch order. Each
-recomputes the softmax statistics of the single query channel (1/(2d+1) of the bytes, mostly an L2 hit), so
-the grid has many independent programs and each reads its k and v rows once and writes its output rows once. When N fits one block (N <= BLOCK_N)
-everything is one pass; otherwise a first loop over N keeps an online (max-rescaled) softmax and the context,
-and a second loop writes ``relu(v) * c``.
-
-Backward, with s, c as above and g = grad_out:
-  dv = g * c * [v > 0];  dc = sum_N g*relu(v);  dk = dc * s;
-  ds = sum_d dc*k;       dq = s * (ds - sum_N ds*s) = s * (ds - sum_d dc*c).
-Every term but dq is local to one key/value row, so a program owns (b*p, a set of d-blocks) and writes dk, dv
-directly. dq needs ds and S = sum_d dc*c summed over all d: when one program owns all of d (``split == 1``)
-it writes dq itself (one fused kernel); otherwise each program writes its fp32 partial ds and S, and a small
-second kernel sums the partials (deterministically, no atomics) and writes dq.
-
-Fastest layout: N innermost and contiguous (what ``unfold`` and a 1x1 conv produce). Any strides work; they
-are passed to the kernels, nothing is copied.
-"""
+"""Triton kernels for the separable-attention core (forward, backward) and their launchers: for every (b, p)
+of qkv (B, 1+2d, P, N), ``out = relu(v) * sum_N k * softmax_N(q)``, fp32 arithmetic, the caller's dtype in
+and out. The work split and the backward's algebra: docs/design.md, "Separable attention (Triton)"."""
 
 from __future__ import annotations
 

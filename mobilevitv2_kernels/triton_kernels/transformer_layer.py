@@ -1,46 +1,8 @@
-"""Triton kernels for the fused MobileViTV2 transformer layer (inference), and their launcher.
-
-One layer on x (B, d, P, N), with L = P * N pixels per sample and GN a one-group GroupNorm:
-
-    h = x + W_o (ReLU(W_v GN1(x) + b_v) * context) + b_o,   context[b, :, p] = sum_n s[b,p,n] (W_k GN1(x)[b,:,p,n] + b_k)
-    y = h + W_2 SiLU(W_1 GN2(h) + b_1) + b_2                s[b, p, :] = softmax_n(w_q . GN1(x)[b,:,p,:] + b_q)
-
-Two identities remove most of the work of the unfused layer:
-
-* GroupNorm is (x - mean) * rstd per sample, then a per-channel affine (gamma, beta). The kernels need only
-  the per-sample statistics (from chunk moments) and apply the affine as they load x, so GroupNorm's output
-  is never stored; it is rounded to the dot dtype as PyTorch rounds it.
-* The scores sum to one over n, so the context is the key projection of the score-weighted mean of the
-  normalised input: context = W_k xbar + b_k with xbar[b, :, p] = sum_n s[b,p,n] GN1(x)[b,:,p,n]. The d x d
-  key projection over all L pixels becomes one over B * P vectors, done by the score kernel itself.
-
-Kernels: five launches per layer, and nothing else (parameters are read as they are, in any float dtype;
-no weight preparation runs between the launches):
-
-1. ``_sample_moments_kernel``: per (sample, chunk) the count, mean and centred sum of squares in one pass
-   (each block of values centred on its own mean, blocks merged pairwise), float32. Its consumers combine a sample's chunks themselves
-   (Chan et al.'s pairwise formula, no E[x^2] - E[x]^2) in their prologue.
-2. ``_score_context_kernel``: one program per (b, p): streams the N columns once, computing the scores and
-   an online (max-subtracted) softmax-weighted mean of the normalised columns, then the key projection of
-   that mean: the context (B, P, d) float32.
-3. ``_norm_mlp_kernel`` (attention half): per (sample, tile of BLOCK_L pixels): for each BLOCK_F chunk of
-   the hidden channels, hid = ReLU(W_v GN1(x) + b_v) * context, acc += W_o hid (two ``tl.dot``s with the
-   hidden chunk kept on chip); h = acc + b_o + x.
-4. ``_sample_moments_kernel`` on h.
-5. ``_norm_mlp_kernel`` (FFN half): hid = SiLU(W_1 GN2(h) + b_1), acc += W_2 hid; y = acc + b_2 + h.
-
-The attention module alone (``linear_self_attention_forward``) is kernels 2 and 3 without GroupNorm and
-without the residual.
-
-From DRAM each half reads its input three times (moments, [scores,] the fused MLP, whose re-reads of
-the tile per hidden chunk hit L1/L2) and writes its output once; the (2d + 1)-channel qkv tensor and the
-F-channel FFN activation never reach memory. Dots take x's dtype (float16/bfloat16 tensor cores) with
-float32 accumulation; float32 inputs use IEEE dots (no TF32), so float32 results match the reference to
-~1e-5. bfloat16 under the interpreter widens dot operands to float32 (the interpreter multiplies bfloat16
-as raw bits; see inverted_residual.py), and the interpreter's float32 -> bfloat16 stores truncate where
-the GPU rounds to nearest. Whether this beats cuBLAS/cuDNN + torch.compile on a GPU is unmeasured
-(``mobilevitv2 bench --suite targets`` times one layer at each stage shape).
-"""
+"""Triton kernels for the fused MobileViTV2 transformer layer (inference) and the attention module alone,
+and their launchers: five launches per layer (GroupNorm moments; scores and context; value projection to
+residual; moments; FFN and residual), neither qkv nor the FFN activation reaching memory. The identities
+and the work split: docs/design.md, "Transformer layer (Triton)". One file for the op family: the three
+kernels share their prologues and launch helpers."""
 
 from __future__ import annotations
 
