@@ -5,10 +5,10 @@
 #include <c10/util/Exception.h>
 
 #include "common.cuh"
+#include "launch_args.h"
 
 #include <cstdint>
 #include <initializer_list>
-#include <type_traits>
 
 namespace mobilevitv2 {
 
@@ -40,21 +40,6 @@ inline int packed_width(std::initializer_list<const at::Tensor*> tensors) {
   int count = 0;
   for (const at::Tensor* t : tensors) layouts[count++] = layout_of(*t);
   return packed_width(layouts, count);
-}
-
-// Calls f(std::integral_constant<int, W>{}) for the packed width W == width of element type T
-// (16 bytes, 8 bytes, or 1), so that every instantiation is a compile-time width.
-template <typename T, typename F>
-void with_packed_width(int width, F&& f) {
-  constexpr int w16 = 16 / static_cast<int>(sizeof(T));
-  constexpr int w8 = 8 / static_cast<int>(sizeof(T)) > 1 ? 8 / static_cast<int>(sizeof(T)) : 1;
-  if (width == w16 && w16 > 1) {
-    f(std::integral_constant<int, w16>{});
-  } else if (width == w8 && w8 > 1) {
-    f(std::integral_constant<int, w8>{});
-  } else {
-    f(std::integral_constant<int, 1>{});
-  }
 }
 
 }  // namespace mobilevitv2

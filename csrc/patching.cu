@@ -27,30 +27,6 @@ void check_patch(int64_t patch_h, int64_t patch_w, const char* op) {
               ")");
 }
 
-template <typename T>
-PatchArgs<T> make_args(const at::Tensor& in, at::Tensor& out, int64_t H, int64_t W, int64_t ph, int64_t pw,
-                       int64_t row_length, int64_t rows, int width) {
-  PatchArgs<T> a{};
-  a.in = in.const_data_ptr<T>();
-  a.out = out.mutable_data_ptr<T>();
-  a.stride_b = in.stride(0);
-  a.stride_c = in.stride(1);
-  a.stride_1 = in.stride(2);
-  a.stride_2 = in.stride(3);
-  a.C = in.size(1);
-  a.H = H;
-  a.W = W;
-  a.ph = ph;
-  a.pw = pw;
-  a.nh = H / ph;
-  a.nw = W / pw;
-  a.row_length = row_length;
-  a.chunks_per_row = (row_length + width - 1) / width;
-  a.rows = rows;
-  a.total = in.size(0) * a.C * rows * a.chunks_per_row;
-  return a;
-}
-
 int64_t grid_for(int64_t total, const char* op) {
   const int64_t blocks = (total + kThreads - 1) / kThreads;
   TORCH_CHECK(blocks <= INT32_MAX, op, ": the input is too large for one launch (", blocks, " blocks)");
@@ -75,8 +51,8 @@ at::Tensor unfold_forward(const at::Tensor& x, int64_t patch_h, int64_t patch_w)
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "unfold_forward", [&] {
     with_packed_width<scalar_t>(width, [&](auto vw) {
       constexpr int VW = decltype(vw)::value;
-      const PatchArgs<scalar_t> args =
-          make_args<scalar_t>(x, out, H, W, patch_h, patch_w, row_length, nh * patch_h, VW);
+      const PatchArgs<scalar_t> args = unfold_args(x.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(),
+                                                   x.sizes().data(), x.strides().data(), patch_h, patch_w, VW);
       unfold_kernel<scalar_t, VW>
           <<<static_cast<unsigned>(grid_for(args.total, op)), kThreads, 0, stream>>>(args);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -105,7 +81,8 @@ at::Tensor fold_forward(const at::Tensor& patches, int64_t height, int64_t width
     with_packed_width<scalar_t>(vector, [&](auto vw) {
       constexpr int VW = decltype(vw)::value;
       const PatchArgs<scalar_t> args =
-          make_args<scalar_t>(patches, out, height, width, patch_h, patch_w, width, height, VW);
+          fold_args(patches.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), patches.sizes().data(),
+                    patches.strides().data(), height, width, patch_h, patch_w, VW);
       fold_kernel<scalar_t, VW><<<static_cast<unsigned>(grid_for(args.total, op)), kThreads, 0, stream>>>(args);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });

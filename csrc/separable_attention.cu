@@ -45,21 +45,7 @@ int64_t check_qkv(const at::Tensor& qkv, const char* op) {
 
 template <typename T>
 AttentionArgs<T> make_args(const at::Tensor& qkv, int64_t d, const AttentionPlan& plan) {
-  AttentionArgs<T> a{};
-  a.qkv = qkv.const_data_ptr<T>();
-  a.qkv_stride_b = qkv.stride(0);
-  a.qkv_stride_c = qkv.stride(1);
-  a.qkv_stride_p = qkv.stride(2);
-  a.qkv_stride_n = qkv.stride(3);
-  a.d = static_cast<int>(d);
-  a.P = static_cast<int>(qkv.size(2));
-  a.N = static_cast<int>(qkv.size(3));
-  a.group_size = plan.group_size;
-  a.channels_per_block = plan.channels_per_block;
-  a.channel_blocks = plan.channel_blocks;
-  a.shared_row = plan.shared_row;
-  a.direct = plan.direct;
-  return a;
+  return attention_args(qkv.const_data_ptr<T>(), qkv.strides().data(), d, qkv.size(2), qkv.size(3), plan);
 }
 
 void check_grid(int64_t blocks, const char* op) {
@@ -121,13 +107,9 @@ at::Tensor separable_attention_backward(const at::Tensor& grad_out, const at::Te
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, qkv.scalar_type(), "separable_attention", [&] {
     AttentionArgs<scalar_t> args = make_args<scalar_t>(qkv, d, plan);
-    args.grad_out = grad_out.const_data_ptr<scalar_t>();
-    args.grad_stride_b = grad_out.stride(0);
-    args.grad_stride_c = grad_out.stride(1);
-    args.grad_stride_p = grad_out.stride(2);
-    args.grad_stride_n = grad_out.stride(3);
+    set_backward_args(args, grad_out.const_data_ptr<scalar_t>(), grad_out.strides().data(),
+                      plan.direct ? nullptr : partial.mutable_data_ptr<float>());
     args.out = grad_qkv.mutable_data_ptr<scalar_t>();
-    args.partial = plan.direct ? nullptr : partial.mutable_data_ptr<float>();
     with_packed_width<scalar_t>(plan.vec, [&](auto width) {
       constexpr int VEC = decltype(width)::value;
       separable_attention_backward_kernel<scalar_t, VEC>

@@ -42,7 +42,7 @@ from mobilevitv2_kernels.common import BackendUnavailableError
 
 DISABLE_ENV = "MOBILEVITV2_DISABLE_CUDA_EXT"
 SOURCES = ("separable_attention.cu", "patching.cu", "bindings.cpp")
-HEADERS = ("common.cuh", "separable_attention.cuh", "patching.cuh", "host_utils.h", "ops.h")
+HEADERS = ("common.cuh", "separable_attention.cuh", "patching.cuh", "launch_args.h", "host_utils.h", "ops.h")
 FUNCTIONS = ("separable_attention_forward", "separable_attention_backward", "unfold_forward", "fold_forward")
 DEFAULT_ARCHS = ("8.0", "9.0")
 # Measured for the announcement: a cold build of sm_80 + sm_90 on the 2-core CI machine.

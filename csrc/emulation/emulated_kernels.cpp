@@ -1,6 +1,7 @@
 // The CUDA kernel bodies of csrc/*.cuh compiled for the CPU emulator (cuda_emulator.h), with C entry
 // points for ctypes: tests/test_cuda_extension.py builds this with g++ and runs it on CPU tensors. The
-// launch glue mirrors the launchers in csrc/*.cu (same plan, same packed-width choice, same arguments).
+// launch plan, the packed-width choice and the kernels' arguments come from the same functions as the
+// launchers in csrc/*.cu (launch_args.h); only the grid loop is the emulator's.
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
@@ -12,8 +13,7 @@
 
 #include "cuda_emulator.h"
 // clang-format off: the emulator must come before the kernel bodies
-#include "../patching.cuh"
-#include "../separable_attention.cuh"
+#include "../launch_args.h"
 // clang-format on
 
 namespace {
@@ -33,19 +33,6 @@ int dispatch(int dtype, F&& f) {
     case kBFloat16: f(c10::BFloat16{}); return 0;
     case kFloat64: f(double{}); return 0;
     default: std::snprintf(g_error, sizeof(g_error), "unknown dtype code %d", dtype); return 1;
-  }
-}
-
-template <typename T, typename F>
-void with_width(int width, F&& f) {
-  constexpr int w16 = 16 / static_cast<int>(sizeof(T));
-  constexpr int w8 = 8 / static_cast<int>(sizeof(T)) > 1 ? 8 / static_cast<int>(sizeof(T)) : 1;
-  if (width == w16 && w16 > 1) {
-    f(std::integral_constant<int, w16>{});
-  } else if (width == w8 && w8 > 1) {
-    f(std::integral_constant<int, w8>{});
-  } else {
-    f(std::integral_constant<int, 1>{});
   }
 }
 
@@ -70,24 +57,6 @@ int run(int dtype, F&& f) {
     std::snprintf(g_error, sizeof(g_error), "%s", e.what());
     return 1;
   }
-}
-
-template <typename T>
-void fill_attention_args(AttentionArgs<T>& a, const void* qkv, const int64_t* qkv_strides, int64_t d, int64_t P,
-                         int64_t N, const AttentionPlan& plan) {
-  a.qkv = static_cast<const T*>(qkv);
-  a.qkv_stride_b = qkv_strides[0];
-  a.qkv_stride_c = qkv_strides[1];
-  a.qkv_stride_p = qkv_strides[2];
-  a.qkv_stride_n = qkv_strides[3];
-  a.d = static_cast<int>(d);
-  a.P = static_cast<int>(P);
-  a.N = static_cast<int>(N);
-  a.group_size = plan.group_size;
-  a.channels_per_block = plan.channels_per_block;
-  a.channel_blocks = plan.channel_blocks;
-  a.shared_row = plan.shared_row;
-  a.direct = plan.direct;
 }
 
 }  // namespace
@@ -121,10 +90,9 @@ int emu_separable_attention_forward(int dtype, const void* qkv, const int64_t* s
                                   layout(out, out_sizes, out_strides, sizeof(T))};
       const AttentionPlan plan = plan_attention(B, d, P, N, packed_width(layouts, 2), false);
       *vec = plan.vec;
-      AttentionArgs<T> a{};
-      fill_attention_args(a, qkv, strides, d, P, N, plan);
+      AttentionArgs<T> a = attention_args(static_cast<const T*>(qkv), strides, d, P, N, plan);
       a.out = static_cast<T*>(out);
-      with_width<T>(plan.vec, [&](auto width) {
+      with_packed_width<T>(plan.vec, [&](auto width) {
         constexpr int VEC = decltype(width)::value;
         cuda_emulator::launch_blocks(plan.blocks, kThreads, plan.shared_bytes / 4,
                                      [&](float* smem, int tid, int64_t block) {
@@ -151,16 +119,10 @@ int emu_separable_attention_backward(int dtype, const void* grad_out, const int6
       *vec = plan.vec;
       std::vector<float> partial(plan.direct ? 0 : static_cast<size_t>(B * P * plan.channel_blocks * N),
                                  std::numeric_limits<float>::quiet_NaN());
-      AttentionArgs<T> a{};
-      fill_attention_args(a, qkv, strides, d, P, N, plan);
-      a.grad_out = static_cast<const T*>(grad_out);
-      a.grad_stride_b = grad_strides[0];
-      a.grad_stride_c = grad_strides[1];
-      a.grad_stride_p = grad_strides[2];
-      a.grad_stride_n = grad_strides[3];
+      AttentionArgs<T> a = attention_args(static_cast<const T*>(qkv), strides, d, P, N, plan);
+      set_backward_args(a, static_cast<const T*>(grad_out), grad_strides, plan.direct ? nullptr : partial.data());
       a.out = static_cast<T*>(grad_qkv);
-      a.partial = plan.direct ? nullptr : partial.data();
-      with_width<T>(plan.vec, [&](auto width) {
+      with_packed_width<T>(plan.vec, [&](auto width) {
         constexpr int VEC = decltype(width)::value;
         cuda_emulator::launch_blocks(plan.blocks, kThreads, plan.shared_bytes / 4,
                                      [&](float* smem, int tid, int64_t block) {
@@ -179,17 +141,12 @@ int emu_unfold(int dtype, const void* x, const int64_t* sizes, const int64_t* st
                void* out, int* vec) {
   return run(dtype, [&](auto zero) {
     using T = decltype(zero);
-    const int64_t H = sizes[2], W = sizes[3], nh = H / ph, nw = W / pw;
+    const int64_t nw = sizes[3] / pw;
     const int width = image_row_width(layout(x, sizes, strides, sizeof(T)), nw * pw, false);
     *vec = width;
-    with_width<T>(width, [&](auto w) {
+    with_packed_width<T>(width, [&](auto w) {
       constexpr int VW = decltype(w)::value;
-      PatchArgs<T> a{static_cast<const T*>(x), static_cast<T*>(out), strides[0], strides[1], strides[2], strides[3],
-                     sizes[1], H, W, ph, pw, nh, nw};
-      a.row_length = nw * pw;
-      a.chunks_per_row = (a.row_length + VW - 1) / VW;
-      a.rows = nh * ph;
-      a.total = sizes[0] * sizes[1] * a.rows * a.chunks_per_row;
+      const PatchArgs<T> a = unfold_args(static_cast<const T*>(x), static_cast<T*>(out), sizes, strides, ph, pw, VW);
       const int64_t threads = (a.total + kThreads - 1) / kThreads * kThreads;  // whole blocks, as on the GPU
       for (int64_t i = 0; i < threads; ++i) unfold_thread<T, VW>(a, i);
     });
@@ -205,14 +162,10 @@ int emu_fold(int dtype, const void* patches, const int64_t* sizes, const int64_t
     const int64_t out_strides[4] = {sizes[1] * height * width, height * width, width, 1};
     const int packed = image_row_width(layout(out, out_sizes, out_strides, sizeof(T)), width, true);
     *vec = packed;
-    with_width<T>(packed, [&](auto w) {
+    with_packed_width<T>(packed, [&](auto w) {
       constexpr int VW = decltype(w)::value;
-      PatchArgs<T> a{static_cast<const T*>(patches), static_cast<T*>(out), strides[0], strides[1], strides[2],
-                     strides[3], sizes[1], height, width, ph, pw, height / ph, width / pw};
-      a.row_length = width;
-      a.chunks_per_row = (width + VW - 1) / VW;
-      a.rows = height;
-      a.total = sizes[0] * sizes[1] * height * a.chunks_per_row;
+      const PatchArgs<T> a =
+          fold_args(static_cast<const T*>(patches), static_cast<T*>(out), sizes, strides, height, width, ph, pw, VW);
       const int64_t threads = (a.total + kThreads - 1) / kThreads * kThreads;
       for (int64_t i = 0; i < threads; ++i) fold_thread<T, VW>(a, i);
     });
