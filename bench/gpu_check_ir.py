@@ -109,6 +109,7 @@ class IRSections(CheckerBase):
         """Section 1: both kernel variants, directly through the launcher, at every block shape."""
         from mobilevitv2_kernels import triton_kernels as tk
         from mobilevitv2_kernels.triton_kernels import inverted_residual as tk_ir
+        from mobilevitv2_kernels.weights import InvertedResidualWeights
 
         print("\n1. inverted residual: halo vs recompute kernel (fp16, launcher called directly)", flush=True)
         for spec in self.ir_shapes():
@@ -118,7 +119,7 @@ class IRSections(CheckerBase):
             print(f"  {case.title()}", flush=True)
             for variant in tk_ir.VARIANTS:
                 fn = self.no_grad(lambda v=variant: tk.inverted_residual_forward(
-                    case.x, *case.folded, case.stride, 1, case.residual, variant=v))  # fmt: skip
+                    case.x, InvertedResidualWeights(*case.folded), case.stride, 1, case.residual, variant=v))  # fmt: skip
                 extra = {"variant": variant, "auto_rule": tk_ir.choose_variant(case.stride),
                          "expand_pixels_per_output": case.expand_per_output[variant]}  # fmt: skip
                 self.ir_row("ir_variants", case, f"kernel {variant}", fn, extra)
@@ -155,6 +156,7 @@ class IRSections(CheckerBase):
 
     def ir_sweep(self) -> None:
         from mobilevitv2_kernels import triton_kernels as tk
+        from mobilevitv2_kernels.weights import InvertedResidualWeights
 
         torch = self.torch
         print("\n6a. inverted residual tile sweep (launcher overrides; {} = the heuristic)", flush=True)
@@ -172,7 +174,7 @@ class IRSections(CheckerBase):
                 if kwargs.get("scratch_dtype") == "x":
                     kwargs["scratch_dtype"] = case.x.dtype
                 fn = self.no_grad(lambda kw=kwargs: tk.inverted_residual_forward(
-                    case.x, *case.folded, case.stride, 1, case.residual, **kw))  # fmt: skip
+                    case.x, InvertedResidualWeights(*case.folded), case.stride, 1, case.residual, **kw))  # fmt: skip
                 row = self.rec.add("ir_sweep", {"block": case.name, "config": cfg})
                 try:  # a configuration that does not compile (or is wrong) is reported, not fatal
                     err = max_abs_err(fn(), case.expected)

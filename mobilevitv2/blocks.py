@@ -16,6 +16,7 @@ from mobilevitv2.config import MobileViTV2Config
 from mobilevitv2.implementation import backend_for, inference_fusion_applies
 from mobilevitv2.layers import MobileViTV2ConvLayer, MobileViTV2InvertedResidual
 from mobilevitv2_kernels import reference
+from mobilevitv2_kernels.weights import InvertedResidualWeights, TransformerLayerWeights
 
 
 class MobileViTV2LinearSelfAttention(nn.Module):
@@ -94,23 +95,21 @@ class MobileViTV2TransformerLayer(nn.Module):
 
     def _forward_fused(self, x: torch.Tensor, backend: str) -> torch.Tensor:
         attention, ffn = self.attention, self.ffn
-        return mobilevitv2_kernels.transformer_layer(
-            x,
-            self.layernorm_before.weight,
-            self.layernorm_before.bias,
-            attention.qkv_proj.convolution.weight.flatten(1),
-            attention.qkv_proj.convolution.bias,
-            attention.out_proj.convolution.weight.flatten(1),
-            attention.out_proj.convolution.bias,
-            self.layernorm_after.weight,
-            self.layernorm_after.bias,
-            ffn.conv1.convolution.weight.flatten(1),
-            ffn.conv1.convolution.bias,
-            ffn.conv2.convolution.weight.flatten(1),
-            ffn.conv2.convolution.bias,
-            eps=self.layernorm_before.eps,
-            backend=backend,
+        weights = TransformerLayerWeights(
+            norm1_weight=self.layernorm_before.weight,
+            norm1_bias=self.layernorm_before.bias,
+            w_qkv=attention.qkv_proj.convolution.weight.flatten(1),
+            b_qkv=attention.qkv_proj.convolution.bias,
+            w_out=attention.out_proj.convolution.weight.flatten(1),
+            b_out=attention.out_proj.convolution.bias,
+            norm2_weight=self.layernorm_after.weight,
+            norm2_bias=self.layernorm_after.bias,
+            w_ffn1=ffn.conv1.convolution.weight.flatten(1),
+            b_ffn1=ffn.conv1.convolution.bias,
+            w_ffn2=ffn.conv2.convolution.weight.flatten(1),
+            b_ffn2=ffn.conv2.convolution.bias,
         )
+        return mobilevitv2_kernels.transformer_layer(x, weights, eps=self.layernorm_before.eps, backend=backend)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         backend = self._fused_backend(x)
@@ -206,10 +205,10 @@ class MobileViTV2Layer(nn.Module):
         pointwise = self.conv_1x1.convolution
         w_pw = pointwise.weight.flatten(1)
         b_pw = pointwise.bias if pointwise.bias is not None else w_pw.new_zeros(w_pw.shape[0])
+        weights = InvertedResidualWeights(None, None, w_dw, b_dw, w_pw, b_pw)
         return mobilevitv2_kernels.inverted_residual(
-            x, None, None, w_dw, b_dw, w_pw, b_pw,
-            stride=1, dilation=self.conv_kxk.convolution.dilation[0], backend=backend,
-        )  # fmt: skip
+            x, weights, stride=1, dilation=self.conv_kxk.convolution.dilation[0], backend=backend
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.downsampling_layer(x)  # (B, C, H, W)

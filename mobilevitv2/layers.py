@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 import mobilevitv2_kernels
+from mobilevitv2_kernels.weights import InvertedResidualWeights
 from mobilevitv2.config import MobileViTV2Config, make_divisible
 from mobilevitv2.implementation import backend_for, inference_fusion_applies
 
@@ -113,14 +114,10 @@ class MobileViTV2InvertedResidual(nn.Module):
         w_dw, b_dw = fold(self.conv_3x3.convolution.weight, self.conv_3x3.normalization)  # (E, 1, 3, 3)
         w_reduce, b_reduce = fold(self.reduce_1x1.convolution.weight, self.reduce_1x1.normalization)  # (C_out, E, 1, 1)
         conv = self.conv_3x3.convolution
+        weights = InvertedResidualWeights(w_expand.flatten(1), b_expand, w_dw, b_dw, w_reduce.flatten(1), b_reduce)
         return mobilevitv2_kernels.inverted_residual(
             x,
-            w_expand.flatten(1),
-            b_expand,
-            w_dw,
-            b_dw,
-            w_reduce.flatten(1),
-            b_reduce,
+            weights,
             stride=conv.stride[0],
             dilation=conv.dilation[0],
             residual=self.use_residual,

@@ -16,8 +16,12 @@ from mobilevitv2_kernels.linear_self_attention import linear_self_attention
 from mobilevitv2_kernels.patching import fold, unfold
 from mobilevitv2_kernels.separable_attention import separable_attention
 from mobilevitv2_kernels.transformer_layer import transformer_layer
+from mobilevitv2_kernels.weights import AttentionWeights, InvertedResidualWeights, TransformerLayerWeights
 
 __all__ = [
+    "AttentionWeights",
+    "InvertedResidualWeights",
+    "TransformerLayerWeights",
     "BACKEND_NAMES",
     "BackendUnavailableError",
     "KernelCheckError",

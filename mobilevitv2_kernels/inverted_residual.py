@@ -1,8 +1,7 @@
 """The fused inverted-residual op (inference only): schema, input checks, fake kernel, dispatch to a backend.
 
-``mobilevitv2::inverted_residual(Tensor x, Tensor? w_expand, Tensor? b_expand, Tensor w_dw, Tensor b_dw,
-Tensor w_reduce, Tensor b_reduce, int stride, int dilation, bool residual, str backend) -> Tensor`` is the
-MobileNetV2 block with BatchNorm folded into the weights (:func:`mobilevitv2_kernels.folding.fold_batchnorm`):
+``mobilevitv2::inverted_residual(Tensor x, <the 6 tensors of InvertedResidualWeights>, int stride,
+int dilation, bool residual, str backend) -> Tensor`` is the MobileNetV2 block with BatchNorm folded into the weights (:func:`mobilevitv2_kernels.folding.fold_batchnorm`):
 
     h = SiLU(conv1x1(x, w_expand) + b_expand)       (skipped when w_expand and b_expand are None: h = x)
     h = SiLU(depthwise3x3(h, w_dw, stride, padding=dilation, dilation) + b_dw)
@@ -26,6 +25,7 @@ import torch
 from mobilevitv2_kernels import backends
 from mobilevitv2_kernels.common import FLOAT_DTYPES, output_memory_format
 from mobilevitv2_kernels.inference_only import register_no_derivative
+from mobilevitv2_kernels.weights import InvertedResidualWeights, schema_arguments, split
 
 OP = "inverted_residual"
 
@@ -35,25 +35,15 @@ def _out_size(size: int, stride: int) -> int:
 
 
 def check_inputs(
-    x: torch.Tensor,
-    w_expand: torch.Tensor | None,
-    b_expand: torch.Tensor | None,
-    w_dw: torch.Tensor,
-    b_dw: torch.Tensor,
-    w_reduce: torch.Tensor,
-    b_reduce: torch.Tensor,
-    stride: int,
-    dilation: int,
-    residual: bool,
+    x: torch.Tensor, weights: InvertedResidualWeights, stride: int, dilation: int, residual: bool
 ) -> tuple[int, int, int, int]:
     """Validate the op's arguments; return the output shape (B, C_out, ceil(H/stride), ceil(W/stride))."""
+    w_expand, b_expand, w_dw, b_dw, w_reduce, b_reduce = weights
     if x.dim() != 4:
         raise ValueError(f"inverted_residual expects x of shape (B, C_in, H, W), got shape {tuple(x.shape)}")
     if (w_expand is None) != (b_expand is None):
         raise ValueError("inverted_residual: w_expand and b_expand must both be given or both be None (no expand conv)")
-    named = {"x": x, "w_expand": w_expand, "b_expand": b_expand, "w_dw": w_dw, "b_dw": b_dw,
-             "w_reduce": w_reduce, "b_reduce": b_reduce}  # fmt: skip
-    named = {name: t for name, t in named.items() if t is not None}
+    named = {name: t for name, t in {"x": x, **weights._asdict()}.items() if t is not None}
     for name, t in named.items():
         if t.dtype not in FLOAT_DTYPES:
             raise TypeError(f"inverted_residual: {name} must be floating point (float32/16, bfloat16), got {t.dtype}")
@@ -82,28 +72,29 @@ def check_inputs(
     return (B, C_out, _out_size(H, stride), _out_size(W, stride))
 
 
-@torch.library.custom_op("mobilevitv2::inverted_residual", mutates_args=())
-def _inverted_residual(
-    x: torch.Tensor,
-    w_expand: torch.Tensor | None,
-    b_expand: torch.Tensor | None,
-    w_dw: torch.Tensor,
-    b_dw: torch.Tensor,
-    w_reduce: torch.Tensor,
-    b_reduce: torch.Tensor,
-    stride: int,
-    dilation: int,
-    residual: bool,
-    backend: str,
-) -> torch.Tensor:
-    args = (x, w_expand, b_expand, w_dw, b_dw, w_reduce, b_reduce, stride, dilation, residual)
-    shape = check_inputs(*args)
+_NUM_WEIGHTS = len(InvertedResidualWeights._fields)
+
+
+def _unpack(args: tuple) -> tuple[InvertedResidualWeights, int, int, bool, str]:
+    """The op's arguments after x, as its schema orders them."""
+    return InvertedResidualWeights(*args[:_NUM_WEIGHTS]), *args[_NUM_WEIGHTS:]
+
+
+@torch.library.custom_op(
+    "mobilevitv2::inverted_residual",
+    mutates_args=(),
+    schema=f"(Tensor x, {schema_arguments(InvertedResidualWeights)}, int stride, int dilation, bool residual, "
+    "str backend) -> Tensor",
+)
+def _inverted_residual(x: torch.Tensor, *args) -> torch.Tensor:
+    weights, stride, dilation, residual, backend = _unpack(args)
+    shape = check_inputs(x, weights, stride, dilation, residual)
     if not backends.supports(backend, OP):  # a direct torch.ops call with backend="cuda"
         raise backends.BackendUnavailableError(f"the {backend!r} backend has no {OP} kernel")
     fmt = output_memory_format(x)
     if x.numel() == 0 or shape[1] == 0:
         return x.new_zeros(shape).contiguous(memory_format=fmt)
-    out = backends.implementation(backend).inverted_residual_forward(*args)
+    out = backends.implementation(backend).inverted_residual_forward(x, weights, stride, dilation, residual)
     out = out.contiguous(memory_format=fmt)
     if out.untyped_storage().data_ptr() == x.untyped_storage().data_ptr():  # never return an alias of x
         out = out.clone(memory_format=fmt)
@@ -111,8 +102,9 @@ def _inverted_residual(
 
 
 @_inverted_residual.register_fake
-def _(x, w_expand, b_expand, w_dw, b_dw, w_reduce, b_reduce, stride, dilation, residual, backend):
-    shape = check_inputs(x, w_expand, b_expand, w_dw, b_dw, w_reduce, b_reduce, stride, dilation, residual)
+def _(x, *args):
+    weights, stride, dilation, residual, _ = _unpack(args)
+    shape = check_inputs(x, weights, stride, dilation, residual)
     return x.new_empty(shape).contiguous(memory_format=output_memory_format(x))
 
 
@@ -122,43 +114,35 @@ register_no_derivative(
 
 
 def inverted_residual(
-    x: torch.Tensor,
-    w_expand: torch.Tensor | None,
-    b_expand: torch.Tensor | None,
-    w_dw: torch.Tensor,
-    b_dw: torch.Tensor,
-    w_reduce: torch.Tensor,
-    b_reduce: torch.Tensor,
-    stride: int = 1,
-    dilation: int = 1,
-    residual: bool = False,
-    backend: str = "auto",
+    x: torch.Tensor, *weights, stride: int = 1, dilation: int = 1, residual: bool = False, backend: str = "auto"
 ) -> torch.Tensor:
     """Fused MobileNetV2 inverted residual for inference, BatchNorm already folded into the weights.
 
     Args:
         x: (B, C_in, H, W) float32/float16/bfloat16 (float64 on the reference backend), any strides.
-        w_expand, b_expand: (E, C_in), (E,): the 1x1 expand conv (SiLU after it); both None for a block
-            without it (E = C_in: the depthwise conv reads x, as in a depthwise-separable conv).
-        w_dw, b_dw: (E, 9) or (E, 1, 3, 3), (E,): the depthwise 3x3 conv (SiLU after it), with ``stride``
-            (1 or 2), ``dilation`` and padding = dilation; out-of-image taps see a zero *expanded* value.
-        w_reduce, b_reduce: (C_out, E), (C_out,): the 1x1 reduce conv (no activation).
+        weights: an :class:`~mobilevitv2_kernels.weights.InvertedResidualWeights` (or its 6 tensors in
+            order): the 1x1 expand conv (E, C_in) and its bias (E,) (SiLU after it), both None for a block
+            without it (E = C_in: a depthwise-separable conv); the depthwise 3x3 conv (E, 9) or (E, 1, 3, 3)
+            and its bias (SiLU after it), with ``stride`` (1 or 2), ``dilation`` and padding = dilation
+            (out-of-image taps see a zero *expanded* value); the 1x1 reduce conv (C_out, E) and its bias.
         residual: add ``x`` to the result (needs stride 1 and C_in == C_out).
         backend: ``"auto"`` (Triton on CUDA, the reference elsewhere), ``"reference"`` or ``"triton"``;
             ``"cuda"`` has no kernel for this op and raises ``BackendUnavailableError``.
 
     Weights and biases may be float32 (what ``fold_batchnorm`` returns) or ``x``'s dtype. The Triton kernel
     feeds its two 1x1 matmuls in ``x``'s dtype with float32 accumulation (IEEE fp32, not TF32, for a float32
-    ``x``) and keeps the E-channel expanded activation on chip (registers, or for its "halo" variant, the
-    launcher's provisional choice at stride 1, a small per-program scratch buffer meant to stay in L2); the
-    reference casts every weight to ``x``'s dtype and runs three ``F.conv2d``.
+    ``x``) and keeps the E-channel expanded activation on chip; the reference casts every weight to ``x``'s
+    dtype and runs three ``F.conv2d`` (docs/design.md).
 
     Returns:
         (B, C_out, ceil(H/stride), ceil(W/stride)) in ``x``'s dtype, channels_last if ``x`` is, else
         contiguous. Not differentiable: raises if grad mode is on and an input requires grad.
     """
-    check_inputs(x, w_expand, b_expand, w_dw, b_dw, w_reduce, b_reduce, stride, dilation, residual)
+    weights, rest = split(InvertedResidualWeights, weights)
+    options = [stride, dilation, residual, backend]
+    options[: len(rest)] = rest  # the older positional form: (x, <6 tensors>, stride, dilation, residual, backend)
+    stride, dilation, residual, backend = options
+    check_inputs(x, weights, stride, dilation, residual)
     return torch.ops.mobilevitv2.inverted_residual(
-        x, w_expand, b_expand, w_dw, b_dw, w_reduce, b_reduce, stride, dilation, residual,
-        backends.resolve(backend, x, OP),
-    )  # fmt: skip
+        x, *weights, stride, dilation, residual, backends.resolve(backend, x, OP)
+    )

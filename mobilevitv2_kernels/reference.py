@@ -20,6 +20,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from mobilevitv2_kernels.weights import AttentionWeights, InvertedResidualWeights, TransformerLayerWeights
+
 
 def separable_attention_forward(qkv: torch.Tensor) -> torch.Tensor:
     """ReLU(value) * sum_N(key * softmax_N(query)), shape (B, d, P, N). Same dtype as ``qkv``."""
@@ -73,16 +75,7 @@ def fold_forward(patches: torch.Tensor, height: int, width: int, patch_h: int, p
 
 
 def inverted_residual_forward(
-    x: torch.Tensor,
-    w_expand: torch.Tensor | None,
-    b_expand: torch.Tensor | None,
-    w_dw: torch.Tensor,
-    b_dw: torch.Tensor,
-    w_reduce: torch.Tensor,
-    b_reduce: torch.Tensor,
-    stride: int,
-    dilation: int,
-    residual: bool,
+    x: torch.Tensor, weights: InvertedResidualWeights, stride: int, dilation: int, residual: bool
 ) -> torch.Tensor:
     """MobileNetV2 inverted residual with BatchNorm folded into the weights, computed in ``x``'s dtype:
 
@@ -94,6 +87,7 @@ def inverted_residual_forward(
     cast to ``x``'s dtype (so a float16 ``x`` gives PyTorch's own float16 result, the baseline the kernels'
     error is measured against).
     """
+    w_expand, b_expand, w_dw, b_dw, w_reduce, b_reduce = weights
     dtype = x.dtype
     E = w_dw.shape[0]
     if w_expand is None:
@@ -108,22 +102,7 @@ def inverted_residual_forward(
     return y + x if residual else y
 
 
-def transformer_layer_forward(
-    x: torch.Tensor,
-    norm1_weight: torch.Tensor,
-    norm1_bias: torch.Tensor,
-    w_qkv: torch.Tensor,
-    b_qkv: torch.Tensor,
-    w_out: torch.Tensor,
-    b_out: torch.Tensor,
-    norm2_weight: torch.Tensor,
-    norm2_bias: torch.Tensor,
-    w_ffn1: torch.Tensor,
-    b_ffn1: torch.Tensor,
-    w_ffn2: torch.Tensor,
-    b_ffn2: torch.Tensor,
-    eps: float,
-) -> torch.Tensor:
+def transformer_layer_forward(x: torch.Tensor, weights: TransformerLayerWeights, eps: float) -> torch.Tensor:
     """One MobileViTV2 transformer layer at inference (no dropout), computed in ``x``'s dtype as the model's
     modules compute it:
 
@@ -134,6 +113,8 @@ def transformer_layer_forward(
     (norm1 before the attention, norm2 before the FFN). 1x1 weights are 2-D: w_qkv (1 + 2d, d), w_out
     (d, d), w_ffn1 (F, d), w_ffn2 (d, F); weights and biases are cast to ``x``'s dtype.
     """
+    (norm1_weight, norm1_bias, w_qkv, b_qkv, w_out, b_out, norm2_weight, norm2_bias,
+     w_ffn1, b_ffn1, w_ffn2, b_ffn2) = weights  # fmt: skip
     dtype = x.dtype
 
     def conv1x1(t, w, b):
@@ -145,12 +126,11 @@ def transformer_layer_forward(
     return conv1x1(F.silu(conv1x1(hn, w_ffn1, b_ffn1)), w_ffn2, b_ffn2) + h
 
 
-def linear_self_attention_forward(
-    x: torch.Tensor, w_qkv: torch.Tensor, b_qkv: torch.Tensor, w_out: torch.Tensor, b_out: torch.Tensor
-) -> torch.Tensor:
+def linear_self_attention_forward(x: torch.Tensor, weights: AttentionWeights) -> torch.Tensor:
     """The attention module with its projections, in ``x``'s dtype as the module computes it (inference,
     no dropout): conv1x1(separable_attention(conv1x1(x, w_qkv, b_qkv)), w_out, b_out) on (B, d, P, N), with
     w_qkv (1 + 2d, d) and w_out (d, d)."""
+    w_qkv, b_qkv, w_out, b_out = weights
     dtype = x.dtype
     qkv = F.conv2d(x, w_qkv.to(dtype)[:, :, None, None], b_qkv.to(dtype))
     return F.conv2d(separable_attention_forward(qkv), w_out.to(dtype)[:, :, None, None], b_out.to(dtype))

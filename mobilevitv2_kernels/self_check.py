@@ -23,6 +23,7 @@ import torch
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from mobilevitv2_kernels import numerics, reference
+from mobilevitv2_kernels.weights import AttentionWeights, InvertedResidualWeights, TransformerLayerWeights
 
 
 class KernelCheckWarning(UserWarning):
@@ -87,8 +88,9 @@ def _inverted_residual_case(g):
     # The two kernel variants the launcher picks: stride 1 with expand and residual, and stride 2 without
     # expand (the blocks' local convs) at dilation 2.
     return [x, *expand, *depthwise], [
-        ("stride 1", lambda m, t: m.inverted_residual_forward(t[0], *t[1:7], 1, 1, True)),
-        ("stride 2", lambda m, t: m.inverted_residual_forward(t[0], None, None, t[7], t[8], t[9], t[6], 2, 2, False)),
+        ("stride 1", lambda m, t: m.inverted_residual_forward(t[0], InvertedResidualWeights(*t[1:7]), 1, 1, True)),
+        ("stride 2", lambda m, t: m.inverted_residual_forward(
+            t[0], InvertedResidualWeights(None, None, t[7], t[8], t[9], t[6]), 2, 2, False)),
     ]
 
 
@@ -104,14 +106,18 @@ def _layer_parameters(g, d: int, f: int) -> list[torch.Tensor]:
 def _transformer_layer_case(g):
     d, f = 12, 24
     x = _randn(g, 2, d, 4, 19, scale=2.0) + 3.0  # far from zero: GroupNorm moments must be centred
-    return [x, *_layer_parameters(g, d, f)], [("forward", lambda m, t: m.transformer_layer_forward(*t, 1e-5))]
+    return [x, *_layer_parameters(g, d, f)], [
+        ("forward", lambda m, t: m.transformer_layer_forward(t[0], TransformerLayerWeights(*t[1:]), 1e-5))
+    ]
 
 
 def _linear_self_attention_case(g):
     d = 12
     x = _randn(g, 2, d, 4, 19)
     p = _layer_parameters(g, d, 2 * d)
-    return [x, p[2], p[3], p[4], p[5]], [("forward", lambda m, t: m.linear_self_attention_forward(*t))]
+    return [x, p[2], p[3], p[4], p[5]], [
+        ("forward", lambda m, t: m.linear_self_attention_forward(t[0], AttentionWeights(*t[1:])))
+    ]
 
 
 CASES: dict[str, Callable[[torch.Generator], tuple[list[torch.Tensor], list[tuple[str, Call]]]]] = {

@@ -21,6 +21,7 @@ from mobilevitv2 import MobileViTV2Config, MobileViTV2ForImageClassification, Mo
 from mobilevitv2.layers import MobileViTV2InvertedResidual
 from mobilevitv2_kernels import backends, reference
 from kernel_utils import DTYPES, error_bound, triton_device
+from mobilevitv2_kernels.weights import InvertedResidualWeights
 from sm90_compile import run_compile_script
 from model_utils import (
     assert_close_fp32,
@@ -63,7 +64,7 @@ def make_weights(c_in, e, c_out, device="cpu", dw_shape="flat"):
 
 
 def ref64(x, weights, stride, dilation, residual):
-    return reference.inverted_residual_forward(x.double(), *(w.double() for w in weights), stride, dilation, residual)
+    return reference.inverted_residual_forward(x.double(), InvertedResidualWeights(*(w.double() for w in weights)), stride, dilation, residual)
 
 
 def assert_close(actual, x, weights, stride, dilation, residual):
@@ -73,7 +74,7 @@ def assert_close(actual, x, weights, stride, dilation, residual):
     assert actual.shape == expected.shape, (actual.shape, expected.shape)
     assert torch.isfinite(actual).all(), "non-finite values in the kernel's result"
     assert expected.abs().max() > 0.5, "vacuous comparison: the oracle is nearly zero"
-    torch_lowp = reference.inverted_residual_forward(x, *weights, stride, dilation, residual) if dtype != torch.float32 else None
+    torch_lowp = reference.inverted_residual_forward(x, InvertedResidualWeights(*weights), stride, dilation, residual) if dtype != torch.float32 else None
     bound = error_bound(expected, dtype, torch_lowp)
     err = (actual.double() - expected).abs().max().item()
     assert err <= bound, f"max abs error {err:.3g} > bound {bound:.3g} ({dtype})"
@@ -107,8 +108,8 @@ def test_reference_equals_eager_module(c_in, c_out, stride, dilation):
     with torch.no_grad():
         expected = module(x)
         got = reference.inverted_residual_forward(
-            x, *folded(module), stride, dilation, module.use_residual
-        )  # fmt: skip
+            x, InvertedResidualWeights(*folded(module)), stride, dilation, module.use_residual
+        )
     assert module.use_residual == (stride == 1 and c_in == c_out)
     assert_nontrivial(expected, "eager inverted residual")
     assert got.shape == expected.shape == (2, c_out, -(-9 // stride), -(-7 // stride))
@@ -128,7 +129,7 @@ def test_reference_without_expand_equals_local_convs(dilation):
     w_pw = layer.conv_1x1.convolution.weight.flatten(1)
     with torch.no_grad():
         expected = layer.conv_1x1(layer.conv_kxk(x))
-        got = reference.inverted_residual_forward(x, None, None, w_dw, b_dw, w_pw, torch.zeros(16), 1, dilation, False)
+        got = reference.inverted_residual_forward(x, InvertedResidualWeights(None, None, w_dw, b_dw, w_pw, torch.zeros(16)), 1, dilation, False)
     assert layer.conv_kxk.convolution.dilation == (dilation, dilation)
     assert_nontrivial(expected, "eager local convs")
     assert_close_fp32(got, expected, "reference without expand vs local convs")
@@ -181,7 +182,7 @@ def test_kernel_matches_reference(device, dtype, B, c_in, e, c_out, H, W, stride
     weights = make_weights(c_in, e, c_out, device)
     shape = (B, c_out, -(-H // stride), -(-W // stride))
     out = torch.full(shape, float("nan"), dtype=dtype, device=device)
-    result = inverted_residual_forward(x, *weights, stride, dilation, residual, out=out, variant=variant, **tiles)
+    result = inverted_residual_forward(x, InvertedResidualWeights(*weights), stride, dilation, residual, out=out, variant=variant, **tiles)
     assert result.data_ptr() == out.data_ptr() and result.dtype == dtype
     assert_close(result, x, weights, stride, dilation, residual)
 
@@ -214,7 +215,7 @@ def test_halo_kernel_matches_reference(device, dtype, B, c_in, e, c_out, H, W, s
     weights = make_weights(c_in, e, c_out, device)
     shape = (B, c_out, -(-H // stride), -(-W // stride))
     out = torch.full(shape, float("nan"), dtype=dtype, device=device)
-    result = inverted_residual_forward(x, *weights, stride, dilation, residual, out=out, variant="halo", **tiles)
+    result = inverted_residual_forward(x, InvertedResidualWeights(*weights), stride, dilation, residual, out=out, variant="halo", **tiles)
     assert result.data_ptr() == out.data_ptr() and result.dtype == dtype
     assert_close(result, x, weights, stride, dilation, residual)
 
@@ -233,10 +234,10 @@ def test_kernel_without_expand_matches_reference(device, dtype, B, c, c_out, H, 
     _, _, w_dw, b_dw, w_reduce, b_reduce = make_weights(c, c, c_out, device)
     weights = (None, None, w_dw, b_dw, w_reduce, b_reduce)
     out = torch.full((B, c_out, -(-H // stride), -(-W // stride)), float("nan"), dtype=dtype, device=device)
-    inverted_residual_forward(x, *weights, stride, dilation, False, out=out, **tiles)
-    expected = reference.inverted_residual_forward(x.double(), None, None, *(w.double() for w in weights[2:]),
+    inverted_residual_forward(x, InvertedResidualWeights(*weights), stride, dilation, False, out=out, **tiles)
+    expected = reference.inverted_residual_forward(x.double(), InvertedResidualWeights(None, None, *(w.double() for w in weights[2:])),
                                                    stride, dilation, False)  # fmt: skip
-    own = reference.inverted_residual_forward(x, *weights, stride, dilation, False) if dtype != torch.float32 else None
+    own = reference.inverted_residual_forward(x, InvertedResidualWeights(*weights), stride, dilation, False) if dtype != torch.float32 else None
     bound = error_bound(expected, dtype, own)
     assert torch.isfinite(out).all() and expected.abs().max() > 0.5
     assert (out.double() - expected).abs().max().item() <= bound
@@ -250,7 +251,7 @@ def test_halo_scratch_in_x_dtype(device):
 
     x = torch.randn(2, 16, 9, 10, device=device).half()
     weights = make_weights(16, 32, 16, device)
-    got = inverted_residual_forward(x, *weights, 1, 1, True, variant="halo", scratch_dtype=torch.float16)
+    got = inverted_residual_forward(x, InvertedResidualWeights(*weights), 1, 1, True, variant="halo", scratch_dtype=torch.float16)
     assert_close(got, x, weights, 1, 1, True)
 
 
@@ -285,10 +286,10 @@ def test_padding_is_zero_in_the_expanded_map(device, variant):
     x = torch.randn(1, 4, 5, 5, device=device)
     w1, _, w2, b2, w3, b3 = make_weights(4, 16, 4, device)
     weights = (w1, torch.full((16,), 3.0, device=device), w2, b2, w3, b3)
-    got = inverted_residual_forward(x, *weights, 1, 1, False, variant=variant)
+    got = inverted_residual_forward(x, InvertedResidualWeights(*weights), 1, 1, False, variant=variant)
     assert_close(got, x, weights, 1, 1, False)
     x_padded = torch.nn.functional.pad(x, (1, 1, 1, 1))
-    wrong = reference.inverted_residual_forward(x_padded, *weights, 1, 1, False)[..., 1:-1, 1:-1]
+    wrong = reference.inverted_residual_forward(x_padded, InvertedResidualWeights(*weights), 1, 1, False)[..., 1:-1, 1:-1]
     border = torch.ones(5, 5, dtype=torch.bool, device=device)
     border[1:-1, 1:-1] = False
     per_pixel = (got - wrong).abs().amax(dim=(0, 1))  # (5, 5): largest channel difference at each pixel
@@ -314,12 +315,12 @@ def test_strided_inputs(device, dtype, layout, variant):
     assert not x.is_contiguous()
     weights = make_weights(C, 24, C, device)
     for stride, residual in ((1, True), (2, False)):
-        result = inverted_residual_forward(x, *weights, stride, 1, residual, variant=variant)
+        result = inverted_residual_forward(x, InvertedResidualWeights(*weights), stride, 1, residual, variant=variant)
         expect_cl = layout == "channels_last"
         assert result.is_contiguous(memory_format=torch.channels_last if expect_cl else torch.contiguous_format)
         assert_close(result, x, weights, stride, 1, residual)
     out = torch.full((B, C, W, H), float("nan"), dtype=dtype, device=device).transpose(2, 3)  # strided out
-    inverted_residual_forward(x, *weights, 1, 1, True, out=out, variant=variant)
+    inverted_residual_forward(x, InvertedResidualWeights(*weights), 1, 1, True, out=out, variant=variant)
     assert_close(out, x, weights, 1, 1, True)
 
 
@@ -415,12 +416,12 @@ def test_bad_input(device):
     from mobilevitv2_kernels.triton_kernels import inverted_residual_forward
 
     with pytest.raises(ValueError, match="out must be"):
-        inverted_residual_forward(x, *w, 1, 1, False, out=torch.empty(2, 8, 3, 3, device=device))
+        inverted_residual_forward(x, InvertedResidualWeights(*w), 1, 1, False, out=torch.empty(2, 8, 3, 3, device=device))
     with pytest.raises(ValueError, match="power of two >= 16"):
-        inverted_residual_forward(x, *w, 1, 1, False, block_e=8)
+        inverted_residual_forward(x, InvertedResidualWeights(*w), 1, 1, False, block_e=8)
     w8 = make_weights(8, 8, 8, device)
     with pytest.raises(ValueError, match="'halo' variant needs an expand conv"):
-        inverted_residual_forward(x, None, None, *w8[2:], 1, 1, False, variant="halo")
+        inverted_residual_forward(x, InvertedResidualWeights(None, None, *w8[2:]), 1, 1, False, variant="halo")
     # empty batch: a correctly shaped empty result, no launch
     assert call(x[:0], *w, stride=2).shape == (0, 8, 3, 3)
 

@@ -29,6 +29,7 @@ from model_utils import (
     record_op_calls,
 )
 from kernel_utils import DTYPES, TOLERANCES, error_bound, triton_device
+from mobilevitv2_kernels.weights import AttentionWeights, TransformerLayerWeights
 from mobilevitv2_kernels.numerics import max_abs_error
 from sm90_compile import run_compile_script
 
@@ -73,11 +74,11 @@ def make_input(B, d, P, N, device="cpu"):
 def assert_close(actual, x, params, eps=1e-5):
     """``actual`` vs the float64 reference on the same (rounded) inputs, bounded per TOLERANCES."""
     dtype = actual.dtype
-    expected = reference.transformer_layer_forward(x.double(), *(p.double() for p in params), eps)
+    expected = reference.transformer_layer_forward(x.double(), TransformerLayerWeights(*(p.double() for p in params)), eps)
     assert actual.shape == expected.shape, (actual.shape, expected.shape)
     assert torch.isfinite(actual).all(), "non-finite values in the kernel's result"
     assert expected.abs().max() > 0.5, "vacuous comparison: the oracle is nearly zero"
-    torch_lowp = reference.transformer_layer_forward(x, *params, eps) if dtype != torch.float32 else None
+    torch_lowp = reference.transformer_layer_forward(x, TransformerLayerWeights(*params), eps) if dtype != torch.float32 else None
     bound = error_bound(expected, dtype, torch_lowp)
     err = (actual.double() - expected).abs().max().item()
     assert err <= bound, f"max abs error {err:.3g} > bound {bound:.3g} ({dtype})"
@@ -105,7 +106,7 @@ def test_reference_equals_eager_module():
     x = make_input(2, 16, 4, 9)
     with torch.no_grad():
         expected = layer(x)
-        got = reference.transformer_layer_forward(x, *module_parameters(layer), layer.layernorm_before.eps)
+        got = reference.transformer_layer_forward(x, TransformerLayerWeights(*module_parameters(layer)), layer.layernorm_before.eps)
     assert_nontrivial(expected, "eager transformer layer")
     assert torch.equal(got, expected)  # the same operations in the same order
 
@@ -142,8 +143,8 @@ def test_tiny_variance_makes_eps_count(device, dtype):
     x = (3.0 + 1e-3 * torch.randn(2, 32, 4, 16, device=device)).to(dtype)
     params = tuple(p.to(dtype) for p in make_parameters(32, 64, device))
     got = mk.transformer_layer(x, *params, backend="triton")
-    expected = reference.transformer_layer_forward(x.double(), *(p.double() for p in params), 1e-5)
-    torch_own = reference.transformer_layer_forward(x, *params, 1e-5)
+    expected = reference.transformer_layer_forward(x.double(), TransformerLayerWeights(*(p.double() for p in params)), 1e-5)
+    torch_own = reference.transformer_layer_forward(x, TransformerLayerWeights(*params), 1e-5)
     tol = TOLERANCES[dtype]
     bound = tol["atol"] + tol["rtol"] * expected.abs().max().item() + 2 * max_abs_error(torch_own, expected)
     assert max_abs_error(got, expected) <= bound
@@ -312,10 +313,10 @@ def attention_parameters(d, device="cpu"):
 
 def assert_attention_close(actual, x, params):
     dtype = actual.dtype
-    expected = reference.linear_self_attention_forward(x.double(), *(p.double() for p in params))
+    expected = reference.linear_self_attention_forward(x.double(), AttentionWeights(*(p.double() for p in params)))
     assert actual.shape == expected.shape and actual.is_contiguous()
     assert torch.isfinite(actual).all() and expected.abs().max() > 0.3
-    own = reference.linear_self_attention_forward(x, *params) if dtype != torch.float32 else None
+    own = reference.linear_self_attention_forward(x, AttentionWeights(*params)) if dtype != torch.float32 else None
     bound = error_bound(expected, dtype, own)
     err = (actual.double() - expected).abs().max().item()
     assert err <= bound, f"max abs error {err:.3g} > bound {bound:.3g} ({dtype})"
@@ -330,7 +331,7 @@ def test_attention_reference_equals_module():
               module.out_proj.convolution.weight.flatten(1), module.out_proj.convolution.bias)  # fmt: skip
     with torch.no_grad():
         expected = module(x)
-        got = reference.linear_self_attention_forward(x, *params)
+        got = reference.linear_self_attention_forward(x, AttentionWeights(*params))
     assert_nontrivial(expected, "eager attention module")
     assert torch.equal(got, expected)
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 PACKAGE = Path(__file__).resolve().parent.parent / "mobilevitv2_kernels"
 
 
@@ -69,3 +71,28 @@ def test_no_import_cycles_in_the_kernels_package():
 def test_the_cycle_finder_finds_cycles():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_each_fused_op_states_its_weights_once():
+    """The schemas of the fused ops are generated from the weight tuples the modules build, and the public
+    wrappers take the tuple (or, as before, its tensors one by one)."""
+    import torch
+
+    import mobilevitv2_kernels as mk
+    from mobilevitv2_kernels import reference
+    from mobilevitv2_kernels.weights import AttentionWeights, InvertedResidualWeights, TransformerLayerWeights
+
+    ops = torch.ops.mobilevitv2
+    for op, weights in ((ops.transformer_layer, TransformerLayerWeights), (ops.linear_self_attention, AttentionWeights),
+                        (ops.inverted_residual, InvertedResidualWeights)):  # fmt: skip
+        names = [argument.name for argument in op.default._schema.arguments]
+        assert names[1 : 1 + len(weights._fields)] == list(weights._fields), names
+
+    d = 4
+    x = torch.randn(1, d, 4, 5)
+    attention = AttentionWeights(torch.randn(1 + 2 * d, d), torch.randn(1 + 2 * d), torch.randn(d, d), torch.randn(d))
+    expected = reference.linear_self_attention_forward(x, attention)
+    assert torch.equal(mk.linear_self_attention(x, attention, backend="reference"), expected)
+    assert torch.equal(mk.linear_self_attention(x, *attention, backend="reference"), expected)
+    with pytest.raises(TypeError, match="AttentionWeights or its 4 tensors"):
+        mk.linear_self_attention(x, *attention[:3], backend="reference")

@@ -13,6 +13,7 @@ import triton.language as tl
 
 from mobilevitv2_kernels.common import output_memory_format, triton_interpreter_enabled
 from mobilevitv2_kernels.triton_kernels.launch import on_tensor_device
+from mobilevitv2_kernels.weights import InvertedResidualWeights
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -505,12 +506,7 @@ def halo_kernel_arguments(
 @on_tensor_device
 def inverted_residual_forward(
     x: torch.Tensor,
-    w_expand: torch.Tensor,
-    b_expand: torch.Tensor,
-    w_dw: torch.Tensor,
-    b_dw: torch.Tensor,
-    w_reduce: torch.Tensor,
-    b_reduce: torch.Tensor,
+    weights: InvertedResidualWeights,
     stride: int,
     dilation: int,
     residual: bool,
@@ -540,6 +536,7 @@ def inverted_residual_forward(
     (halo: float32, or x's dtype to halve the scratch), ``num_warps`` and ``num_stages`` override the
     heuristics of :func:`launch_config` (for benchmarks and tests).
     """
+    w_expand, b_expand, w_dw, b_dw, w_reduce, b_reduce = weights
     if w_expand is None:  # no expand conv: only the "recompute" kernel (there is nothing to expand once)
         if variant == "halo":
             raise ValueError("the 'halo' variant needs an expand conv; a block without one runs 'recompute'")

@@ -12,6 +12,7 @@ import triton.language as tl
 
 from mobilevitv2_kernels.common import triton_interpreter_enabled
 from mobilevitv2_kernels.triton_kernels.launch import on_tensor_device
+from mobilevitv2_kernels.weights import AttentionWeights, TransformerLayerWeights
 
 
 @triton.jit
@@ -370,24 +371,11 @@ def _dot_weight(w: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 @on_tensor_device
-def transformer_layer_forward(
-    x: torch.Tensor,
-    norm1_weight: torch.Tensor,
-    norm1_bias: torch.Tensor,
-    w_qkv: torch.Tensor,
-    b_qkv: torch.Tensor,
-    w_out: torch.Tensor,
-    b_out: torch.Tensor,
-    norm2_weight: torch.Tensor,
-    norm2_bias: torch.Tensor,
-    w_ffn1: torch.Tensor,
-    b_ffn1: torch.Tensor,
-    w_ffn2: torch.Tensor,
-    b_ffn2: torch.Tensor,
-    eps: float,
-) -> torch.Tensor:
+def transformer_layer_forward(x: torch.Tensor, weights: TransformerLayerWeights, eps: float) -> torch.Tensor:
     """The fused layer (arguments as :func:`mobilevitv2_kernels.reference.transformer_layer_forward`,
     validated by the op): (B, d, P, N) contiguous, x's dtype."""
+    (norm1_weight, norm1_bias, w_qkv, b_qkv, w_out, b_out, norm2_weight, norm2_bias,
+     w_ffn1, b_ffn1, w_ffn2, b_ffn2) = weights  # fmt: skip
     B, d, P, N = x.shape
     if max(_max_offset(x), d * P * N) >= 2**31:
         raise ValueError("transformer_layer (triton): one sample spans 2**31 elements or more")
@@ -401,14 +389,13 @@ def transformer_layer_forward(
 
 
 @on_tensor_device
-def linear_self_attention_forward(
-    x: torch.Tensor, w_qkv: torch.Tensor, b_qkv: torch.Tensor, w_out: torch.Tensor, b_out: torch.Tensor
-) -> torch.Tensor:
+def linear_self_attention_forward(x: torch.Tensor, weights: AttentionWeights) -> torch.Tensor:
     """The attention module alone, projections included, with the same kernels and identity (arguments as
     :func:`mobilevitv2_kernels.reference.linear_self_attention_forward`, validated by the op): the scores
     and the score-weighted mean of x in one pass, the key projection of that mean as the context, then
     out_proj(ReLU(value_proj(x)) * context) per pixel tile: two launches, and neither qkv nor the keys
     reach memory. (B, d, P, N) contiguous, x's dtype."""
+    w_qkv, b_qkv, w_out, b_out = weights
     B, d, P, N = x.shape
     if max(_max_offset(x), d * P * N) >= 2**31:
         raise ValueError("linear_self_attention (triton): one sample spans 2**31 elements or more")
