@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import mobilevitv2_kernels
 from mobilevitv2 import implementation, loading
 from mobilevitv2.blocks import MobileViTV2Layer
 from mobilevitv2.config import MobileViTV2Config

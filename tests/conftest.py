@@ -35,3 +35,15 @@ def nan_allocations(monkeypatch):
     for name in ("empty", "empty_like", "empty_strided"):
         monkeypatch.setattr(torch, name, _nan_filled(getattr(torch, name)))
     monkeypatch.setattr(torch.Tensor, "new_empty", _nan_filled(torch.Tensor.new_empty))
+
+
+@pytest.fixture
+def triton_module():
+    """The Triton backend's module, for tests that call its launchers on CPU tensors (the interpreter);
+    a skip saying why where it cannot run there."""
+    from mobilevitv2_kernels import backends
+
+    reason = backends.unavailable_reason("triton", "cpu")
+    if reason is not None:
+        pytest.skip(reason)
+    return backends.implementation("triton")

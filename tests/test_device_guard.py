@@ -14,14 +14,6 @@ from mobilevitv2_kernels import backends, self_check
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 
-@pytest.fixture
-def triton_module():
-    reason = backends.unavailable_reason("triton", "cpu")
-    if reason is not None:
-        pytest.skip(reason)
-    return backends.implementation("triton")
-
-
 def _kernels(module) -> set[str]:
     """The names of every Triton kernel (launchable @triton.jit function ending in _kernel) of the backend."""
     import importlib

@@ -36,14 +36,6 @@ def fresh_verdicts():
 
 
 @pytest.fixture
-def triton_module():
-    reason = backends.unavailable_reason("triton", "cpu")
-    if reason is not None:
-        pytest.skip(reason)
-    return backends.implementation("triton")
-
-
-@pytest.fixture
 def auto_tries_triton_on_cpu(monkeypatch, triton_module):
     monkeypatch.setitem(backends.AUTO_ORDER, "cpu", ("triton",))
     return triton_module
