@@ -20,7 +20,7 @@ import warnings
 from collections.abc import Callable
 
 import torch
-from torch.utils._python_dispatch import _get_current_dispatch_mode
+from torch.utils._python_dispatch import _disable_current_modes
 
 from mobilevitv2_kernels import numerics, reference
 from mobilevitv2_kernels.weights import AttentionWeights, InvertedResidualWeights, TransformerLayerWeights
@@ -47,7 +47,8 @@ class CheckResult:
 
 
 def _randn(generator: torch.Generator, *shape: int, scale: float = 1.0) -> torch.Tensor:
-    return torch.randn(*shape, generator=generator) * scale
+    # on the CPU whatever the caller's default device (the generator is a CPU one)
+    return torch.randn(*shape, generator=generator, device="cpu") * scale
 
 
 # ----- the cases: each returns [(name, backend call, reference call)] on inputs already in the dtype --------
@@ -85,11 +86,12 @@ def _inverted_residual_case(g):
     expand = [_randn(g, e, c, scale=c**-0.5), _randn(g, e, scale=0.1), _randn(g, e, 9, scale=1 / 3),
               _randn(g, e, scale=0.1), _randn(g, c, e, scale=e**-0.5), _randn(g, c, scale=0.1)]  # fmt: skip
     depthwise = [_randn(g, c, 9, scale=1 / 3), _randn(g, c, scale=0.1), _randn(g, c, c, scale=c**-0.5)]
-    # The two kernel variants the launcher picks: stride 1 with expand and residual, and stride 2 without
-    # expand (the blocks' local convs) at dilation 2.
+    # The kernel specialisations the model launches: stride 1 with expand and residual, stride 2 with expand
+    # (the stages' down-sampling blocks), and without expand (the blocks' local convs), here at dilation 2.
     return [x, *expand, *depthwise], [
         ("stride 1", lambda m, t: m.inverted_residual_forward(t[0], InvertedResidualWeights(*t[1:7]), 1, 1, True)),
-        ("stride 2", lambda m, t: m.inverted_residual_forward(
+        ("stride 2", lambda m, t: m.inverted_residual_forward(t[0], InvertedResidualWeights(*t[1:7]), 2, 1, False)),
+        ("no expand", lambda m, t: m.inverted_residual_forward(
             t[0], InvertedResidualWeights(None, None, t[7], t[8], t[9], t[6]), 2, 2, False)),
     ]
 
@@ -185,19 +187,19 @@ def check(backend: str, module, op: str, device: torch.device, dtype: torch.dtyp
 def verdict(backend: str, module, op: str, device: torch.device, dtype: torch.dtype) -> str | None:
     """None if ``backend`` (its loaded ``module``) may run ``op`` on ``device`` in ``dtype``, else why not.
     The first call for each (backend, op, device, dtype) runs :func:`check`; a failure warns once
-    (:class:`KernelCheckWarning`). Nothing can be checked during CUDA graph capture or under a tracing mode
-    (fake tensors: ``torch.export``, ``make_fx``): the call answers None there and checks at the next call
-    that runs for real."""
+    (:class:`KernelCheckWarning`). Under a tracing mode (fake tensors: ``torch.export``, ``make_fx``) the
+    check runs on real tensors with the modes set aside, since the traced graph keeps the backend it was
+    given. Nothing can run during CUDA graph capture: the call answers None there and checks at the next
+    call outside a capture."""
     device = _device_key(torch.device(device))
     key = (backend, op, str(device), dtype)
     with _lock:
         result = _results.get(key)
         if result is None:
-            if _get_current_dispatch_mode() is not None:
-                return None
             if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
                 return None
-            result = _results[key] = check(backend, module, op, device, dtype)
+            with _disable_current_modes():  # real tensors even while tracing with fake ones
+                result = _results[key] = check(backend, module, op, device, dtype)
             if not result.ok:
                 warnings.warn(
                     f"mobilevitv2_kernels: the {backend!r} kernel of {op} disagrees with the reference on "
