@@ -2,10 +2,10 @@
 
 A backend is a module exposing the same functions as :mod:`mobilevitv2_kernels.reference`:
 ``separable_attention_forward(qkv)``, ``separable_attention_backward(grad_out, qkv)``,
-``unfold_forward(x, patch_h, patch_w)``, ``fold_forward(patches, height, width, patch_h, patch_w)`` and
-``inverted_residual_forward(x, w_expand, b_expand, w_dw, b_dw, w_reduce, b_reduce, stride, dilation,
-residual)``, ``transformer_layer_forward(x, <12 parameters>, eps)`` and
-``linear_self_attention_forward(x, w_qkv, b_qkv, w_out, b_out)``. Each returns a new tensor of the input's
+``unfold_forward(x, patch_h, patch_w)``, ``fold_forward(patches, height, width, patch_h, patch_w)``,
+``inverted_residual_forward(x, InvertedResidualWeights, stride, dilation, residual)``,
+``transformer_layer_forward(x, TransformerLayerWeights, eps)`` and
+``linear_self_attention_forward(x, AttentionWeights)`` (the tuples of :mod:`mobilevitv2_kernels.weights`). Each returns a new tensor of the input's
 dtype. Not every backend has every op: :data:`UNSUPPORTED_OPS` lists the gaps (the CUDA extension has no
 kernel for the three inference-only ops), and the
 functions below take an optional ``op`` name so that ``"auto"`` never picks a backend that lacks it.

@@ -138,10 +138,9 @@ def inverted_residual(
         (B, C_out, ceil(H/stride), ceil(W/stride)) in ``x``'s dtype, channels_last if ``x`` is, else
         contiguous. Not differentiable: raises if grad mode is on and an input requires grad.
     """
-    weights, rest = split(InvertedResidualWeights, weights)
-    options = [stride, dilation, residual, backend]
-    options[: len(rest)] = rest  # the older positional form: (x, <6 tensors>, stride, dilation, residual, backend)
-    stride, dilation, residual, backend = options
+    weights, (stride, dilation, residual, backend) = split(
+        InvertedResidualWeights, weights, [stride, dilation, residual, backend]
+    )
     check_inputs(x, weights, stride, dilation, residual)
     return torch.ops.mobilevitv2.inverted_residual(
         x, *weights, stride, dilation, residual, backends.resolve(backend, x, OP)

@@ -80,8 +80,6 @@ def linear_self_attention(x: torch.Tensor, *weights, backend: str = "auto") -> t
         (B, d, P, N) contiguous, ``x``'s dtype. Not differentiable: raises if grad mode is on and an input
         requires grad.
     """
-    weights, rest = split(AttentionWeights, weights)
-    if rest:  # the older positional form: (x, <4 tensors>, backend)
-        backend = rest[0]
+    weights, (backend,) = split(AttentionWeights, weights, [backend])
     check_inputs(x, weights)
     return torch.ops.mobilevitv2.linear_self_attention(x, *weights, backends.resolve(backend, x, OP))

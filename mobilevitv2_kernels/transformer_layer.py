@@ -104,9 +104,6 @@ def transformer_layer(x: torch.Tensor, *weights, eps: float = 1e-5, backend: str
         (B, d, P, N) contiguous, ``x``'s dtype. Not differentiable: raises if grad mode is on and an input
         requires grad.
     """
-    weights, rest = split(TransformerLayerWeights, weights)
-    options = [eps, backend]
-    options[: len(rest)] = rest  # the older positional form: (x, <12 tensors>, eps, backend)
-    eps, backend = options
+    weights, (eps, backend) = split(TransformerLayerWeights, weights, [eps, backend])
     check_inputs(x, weights, eps)
     return torch.ops.mobilevitv2.transformer_layer(x, *weights, float(eps), backends.resolve(backend, x, OP))

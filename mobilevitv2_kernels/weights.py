@@ -12,11 +12,6 @@ from torch import Tensor
 W = TypeVar("W", bound=tuple)
 
 
-def map_tensors(weights: W, fn) -> W:
-    """The same tuple with ``fn`` applied to every tensor (None stays None), e.g. ``lambda t: t.half()``."""
-    return type(weights)(*(None if t is None else fn(t) for t in weights))
-
-
 class AttentionWeights(NamedTuple):
     """The attention module's 1x1 projections: qkv (1 + 2d, d), channels [query, key (d), value (d)];
     out (d, d)."""
@@ -65,12 +60,21 @@ def schema_arguments(weights: type[tuple]) -> str:
     return ", ".join(f"Tensor{'?' if name in OPTIONAL else ''} {name}" for name in weights._fields)
 
 
-def split(weights: type[W], args: tuple) -> tuple[W, tuple]:
+def split(weights: type[W], args: tuple, options: list) -> tuple[W, list]:
     """``args`` of a public wrapper: one ``weights`` tuple, or its tensors one by one (the older form), then
-    the rest. Returns (the tuple, the rest)."""
+    positional values for ``options`` (the wrapper's keyword arguments, in order). Returns the tuple and
+    the options with the positional values in place; a clear TypeError for anything else."""
     if args and isinstance(args[0], weights):
-        return args[0], args[1:]
-    n = len(weights._fields)
-    if len(args) < n or not all(a is None or isinstance(a, torch.Tensor) for a in args[:n]):
-        raise TypeError(f"expected a {weights.__name__} or its {n} tensors ({', '.join(weights._fields)})")
-    return weights(*args[:n]), args[n:]
+        found, rest = args[0], args[1:]
+    else:
+        n = len(weights._fields)
+        given = args[:n]
+        if len(given) < n or not all(isinstance(a, torch.Tensor) or a is None for a in given):
+            raise TypeError(f"expected a {weights.__name__} or its {n} tensors ({', '.join(weights._fields)})")
+        found, rest = weights(*given), args[n:]
+    missing = [name for name, t in found._asdict().items() if t is None and name not in OPTIONAL]
+    if missing:
+        raise TypeError(f"{weights.__name__}: {', '.join(missing)} must be a tensor, got None")
+    if len(rest) > len(options):
+        raise TypeError(f"{len(rest) - len(options)} positional argument(s) too many after the {weights.__name__}")
+    return found, list(rest) + options[len(rest) :]

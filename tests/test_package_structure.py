@@ -1,5 +1,5 @@
 """The shape of the kernels package: no import cycles between its modules (a leaf module holds what several
-of them need), and no file much longer than a reader can hold."""
+of them need), and each fused op's weights stated once."""
 
 from __future__ import annotations
 
@@ -94,5 +94,10 @@ def test_each_fused_op_states_its_weights_once():
     expected = reference.linear_self_attention_forward(x, attention)
     assert torch.equal(mk.linear_self_attention(x, attention, backend="reference"), expected)
     assert torch.equal(mk.linear_self_attention(x, *attention, backend="reference"), expected)
+    assert torch.equal(mk.linear_self_attention(x, *attention, "reference"), expected)  # backend positional too
     with pytest.raises(TypeError, match="AttentionWeights or its 4 tensors"):
         mk.linear_self_attention(x, *attention[:3], backend="reference")
+    with pytest.raises(TypeError, match="1 positional argument"):
+        mk.linear_self_attention(x, attention, "reference", "junk")
+    with pytest.raises(TypeError, match="w_out must be a tensor, got None"):
+        mk.linear_self_attention(x, attention._replace(w_out=None), backend="reference")
