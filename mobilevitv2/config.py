@@ -195,6 +195,9 @@ class MobileViTV2Config:
             raise ValueError(f"config has model_type {model_type!r}, expected {MODEL_TYPE!r}")
         names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         known = {k: v for k, v in data.items() if k in names}
+        # Implementation choices passed by the caller reach the model (with the config's one warning); the
+        # same keys in a file describe no architecture and are dropped (_IGNORED_KEYS).
+        known.update({k: v for k, v in overrides.items() if k in RUNTIME_OPTIONS})
         extra = {k: v for k, v in data.items() if k not in names and k not in _IGNORED_KEYS}
         extra.update(data.get("extra", {}) or {})
         if known.get("id2label") is not None and "num_labels" in known and known["num_labels"] != len(known["id2label"]):

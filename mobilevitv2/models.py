@@ -77,27 +77,29 @@ class MobileViTV2PreTrainedModel(nn.Module):
 
         The choice is validated now (a backend that cannot run here raises an error naming what can) and
         stored on every module that uses it; ``forward`` reads nothing else. Returns the model."""
-        choices = implementation.resolve(preset, self._implementation, attention=attention, conv=conv,
+        choices = implementation.resolve(preset, self.implementation, attention=attention, conv=conv,
                                          transformer=transformer)  # fmt: skip
         if check:
             device = next(self.parameters()).device
             for part, name in choices.items():
                 implementation.check_available(part, name, device if device.type == "cuda" else None)
         for module in self.modules():
-            if isinstance(module, MobileViTV2PreTrainedModel):
-                module._implementation = dict(choices)
             for part, name in choices.items():
                 attribute = implementation.PARTS[part].attribute
                 if hasattr(type(module), attribute):
                     setattr(module, attribute, None if name == implementation.REFERENCE else name)
         return self
 
-    _implementation: dict[str, str] | None = None
-
     @property
     def implementation(self) -> dict[str, str]:
-        """The choice of every part: {"attention": ..., "conv": ..., "transformer": ...}."""
-        return dict(self._implementation or implementation.resolve())
+        """The choice of every part, {"attention": ..., "conv": ..., "transformer": ...}, read from the
+        modules that store it (so it is right whichever model or backbone it was set through)."""
+        choices = implementation.resolve()
+        for part, spec in implementation.PARTS.items():
+            module = next((m for m in self.modules() if hasattr(type(m), spec.attribute)), None)
+            if module is not None:
+                choices[part] = getattr(module, spec.attribute) or implementation.REFERENCE
+        return choices
 
     # The per-part setters and properties by their earlier names (the same choices; "eager" = "reference").
     def set_attn_implementation(self, name: str, check: bool = True) -> "MobileViTV2PreTrainedModel":

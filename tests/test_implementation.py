@@ -45,6 +45,8 @@ def test_one_switch_sets_every_part():
     assert model.implementation == {part: "auto" for part in implementation.PARTS}
     assert stored(model) == {part: {"auto"} for part in implementation.PARTS}
     assert model.mobilevitv2.implementation == model.implementation  # the backbone inside knows too
+    model.mobilevitv2.set_implementation(conv="reference")  # and the other way round
+    assert model.implementation["conv"] == "reference"
     model.set_implementation("reference")
     assert stored(model) == {part: {None} for part in implementation.PARTS}
     model.set_implementation("fused", conv="reference")  # a part overrides the preset
