@@ -19,15 +19,17 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 
 stage="${1:-}"
+# Budgets: both stages and a machine start fit a 15-minute lease (the step limits below add up to them).
 case "$stage" in
-  verify) budget=${TOTAL_S:-330} ;;
-  measure) budget=${TOTAL_S:-420} ;;
+  verify) budget=${TOTAL_S:-400}; files=(environment.txt build.txt check.txt check.json tests.txt tests.xml failures.txt) ;;
+  measure) budget=${TOTAL_S:-400}; files=(environment.txt targets_log.txt targets.json targets.csv targets.txt kernels_log.txt kernels.json) ;;
   *) echo "usage: bash bench/gpu_all.sh verify|measure   (DRY_RUN=1 for a CPU dry run)" >&2; exit 2 ;;
 esac
 python="${PYTHON:-python3}"
 dry=${DRY_RUN:-0}
 out="${OUT:-bench/results/gpu-$stage}"
 mkdir -p "$out" || { echo "error: cannot create the results folder $out" >&2; exit 2; }
+(cd "$out" && rm -f -- "${files[@]}")  # a previous run's results must not pass for this one's
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 export GIT_COMMIT="${GIT_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}"
 if [ "$dry" = 1 ]; then
@@ -85,11 +87,11 @@ if [ "$stage" = verify ]; then
   if [ "$dry" = 1 ]; then
     echo "(skipped under DRY_RUN: no GPU to build for; the test suite compiles it for sm_80/sm_90 anyway)"
   else
-    step build "${BUILD_S:-150}" "$out/build.txt" "$python" -m mobilevitv2_kernels build -q
+    step build "${BUILD_S:-100}" "$out/build.txt" "$python" -m mobilevitv2_kernels build -q
   fi
 
   say "2. the first-use check of every backend x op x dtype, and its cost"
-  step check "${CHECK_S:-90}" "$out/check.txt" "$python" -m mobilevitv2_kernels check --out "$out/check.json"
+  step check "${CHECK_S:-60}" "$out/check.txt" "$python" -m mobilevitv2_kernels check --out "$out/check.json"
 
   say "3. the GPU tests, in parallel, each under a time limit"
   # -m gpu selects every CUDA case: the ops on every backend and dtype (forward, backward, opcheck, compile),
@@ -99,18 +101,18 @@ if [ "$stage" = verify ]; then
   # run stopped at its limit keeps them; tests.txt has every test's outcome as it comes.
   : > "$out/failures.txt"
   export MOBILEVITV2_FAILURE_LOG="$out/failures.txt"
-  step tests "${TESTS_S:-300}" "$out/tests.txt" \
-    "$python" -m pytest tests -m gpu -p no:cacheprovider -n "$jobs" --timeout "${TEST_TIMEOUT_S:-240}" \
+  step tests "${TESTS_S:-240}" "$out/tests.txt" \
+    "$python" -m pytest tests -m gpu -p no:cacheprovider -n "$jobs" --timeout "${TEST_TIMEOUT_S:-180}" \
     -v -rfEs --tb=short --junitxml "$out/tests.xml"
   [ -s "$out/failures.txt" ] && { echo "--- failures (also in failures.txt):"; cat "$out/failures.txt"; }
 else
   say "1. the performance targets"
   if [ "$dry" = 1 ]; then targets=(--quick --device cpu); else targets=(); fi
-  step targets "${TARGETS_S:-300}" "$out/targets_log.txt" "$python" -m mobilevitv2.cli bench --suite targets "${targets[@]}" --out "$out/targets"
+  step targets "${TARGETS_S:-260}" "$out/targets_log.txt" "$python" -m mobilevitv2.cli bench --suite targets "${targets[@]}" --out "$out/targets"
 
   say "2. kernel timings at the stage shapes (the inverted-residual variants first)"
   if [ "$dry" = 1 ]; then kernels=(--smoke); else kernels=(--rep 50); fi
-  step kernels "${KERNELS_S:-150}" "$out/kernels_log.txt" "$python" bench/gpu_check_kernels.py "${kernels[@]}" --out "$out/kernels.json"
+  step kernels "${KERNELS_S:-140}" "$out/kernels_log.txt" "$python" bench/gpu_check_kernels.py "${kernels[@]}" --out "$out/kernels.json"
 fi
 
 say "done"

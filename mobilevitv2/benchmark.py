@@ -1,6 +1,6 @@
 """Former home of the benchmark harness, now :mod:`mobilevitv2.bench`.
 
-``main`` is the entry point of ``mobilevitv2 bench`` (what :mod:`mobilevitv2.cli` calls). Every other public
+``main`` forwards to :func:`mobilevitv2.bench.command.main` (the entry point of ``mobilevitv2 bench``). Every other public
 name of the old module still resolves, to the same object in its new module, with one DeprecationWarning per
 process that names the new module. Nothing is imported until a name is used: importing this module (or the
 model package) never imports the harness.

@@ -97,8 +97,12 @@ def _check(device_name: str | None, out: str | None) -> int:
 
         environment = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
                        "torch": torch.__version__, "time": time.strftime("%Y-%m-%d %H:%M:%S")}  # fmt: skip
+        import math
+
+        # strict JSON: a non-finite error (a check that raised) is written as null
+        finite = [{k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()} for row in rows]
         with open(out, "w") as f:
-            json.dump({"environment": environment, "skipped": skipped, "checks": rows}, f, indent=1)
+            json.dump({"environment": environment, "skipped": skipped, "checks": finite}, f, indent=1, allow_nan=False)
     if not rows:
         print(f"error: no fused backend can run on {device} here", file=sys.stderr)
         return 1

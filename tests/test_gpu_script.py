@@ -70,6 +70,20 @@ def test_a_failing_step_fails_the_stage(tmp_path):
     assert "gpu_all.sh verify: FAILED:" in proc.stdout and "tests (no time left)" in proc.stdout
 
 
+def test_a_step_that_fails_fails_the_stage_and_the_others_still_run(tmp_path):
+    broken = tmp_path / "python"  # the interpreter, except that the first-use check step exits 3
+    broken.write_text(f"""#!/usr/bin/env bash
+if [ "$1" = "-m" ] && [ "$2" = "mobilevitv2_kernels" ]; then echo "check broke"; exit 3; fi
+exec {sys.executable} "$@"
+""")
+    broken.chmod(0o755)
+    out = tmp_path / "out"
+    proc = run_stage("verify", out, PYTHON=str(broken))
+    assert proc.returncode == 1, proc.stdout[-3000:]
+    assert "gpu_all.sh verify: FAILED: check (exit 3)" in proc.stdout
+    assert "skipped" in (out / "tests.txt").read_text()  # the tests step ran after it
+
+
 def test_a_broken_interpreter_is_an_error_not_nothing_to_do(tmp_path):
     proc = run_stage("verify", tmp_path, PYTHON="false")
     assert proc.returncode == 1 and "environment probe failed" in proc.stderr

@@ -47,4 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nstopped by {stopped} after {len(results)} of {len(cases)} cases; {prefix}.json/.csv/.txt hold them")
         return 128 + signal.SIGTERM
     print(f"\nwrote {prefix}.json, {prefix}.csv and {prefix}.txt")
+    failed = [r for r in results if r.error]
+    if failed:  # a provider that failed or gave a wrong output: a result, and a failure of the run
+        print(f"{len(failed)} of {len(results)} cases failed (their error is in the table)", file=sys.stderr)
+        return 1
     return 0
