@@ -60,11 +60,12 @@ def assert_close_fp32(got: torch.Tensor, expected: torch.Tensor, what: str = "ou
 def fused_model_pair(cls, option: str, seed: int = 0, **config_kwargs):
     """The same randomised width-0.5 weights twice, in eval mode: eager everywhere, and with the
     inference fusion ``option`` ("conv_implementation", "transformer_implementation") set to "triton"."""
-    from mobilevitv2 import MobileViTV2Config
+    from mobilevitv2 import MobileViTV2Config, implementation
 
     eager = randomize_(cls(MobileViTV2Config.from_width(0.5, **config_kwargs)), seed).eval()
     eager.set_implementation("reference")
-    fused = cls(MobileViTV2Config.from_width(0.5, **{option: "triton"}, **config_kwargs)).eval()
+    fused = cls(MobileViTV2Config.from_width(0.5, **config_kwargs)).eval()
+    fused.set_implementation(**{implementation.OPTIONS[option].name: "triton"})
     fused.load_state_dict(eager.state_dict())
     return eager, fused
 
