@@ -1,18 +1,10 @@
 """Which implementations of the ops can run here, and which one ``backend="auto"`` picks.
 
-A backend is a module exposing the same functions as :mod:`mobilevitv2_kernels.reference`:
-``separable_attention_forward(qkv)``, ``separable_attention_backward(grad_out, qkv)``,
-``unfold_forward(x, patch_h, patch_w)``, ``fold_forward(patches, height, width, patch_h, patch_w)``,
-``inverted_residual_forward(x, InvertedResidualWeights, stride, dilation, residual)``,
-``transformer_layer_forward(x, TransformerLayerWeights, eps)`` and
-``linear_self_attention_forward(x, AttentionWeights)`` (the tuples of :mod:`mobilevitv2_kernels.weights`). Each returns a new tensor of the input's
-dtype. Not every backend has every op: :data:`UNSUPPORTED_OPS` lists the gaps (the CUDA extension has no
-kernel for the three inference-only ops), and the
-functions below take an optional ``op`` name so that ``"auto"`` never picks a backend that lacks it.
-Backends are loaded lazily, once per process; a backend that cannot load (no Triton, no GPU, no compiler,
-a failed build) is reported with its reason and never breaks ``import mobilevitv2_kernels``. A backend
-that loads is still not trusted blindly: its first use for an op on a (device, dtype) is checked against
-the reference (:mod:`mobilevitv2_kernels.self_check`), and one that disagrees is not used there.
+A backend is a module with the functions of :mod:`mobilevitv2_kernels.reference`, each returning a new
+tensor of the input's dtype; :data:`UNSUPPORTED_OPS` lists the ops a backend lacks, so that ``"auto"`` never
+picks it for them. Backends load lazily, once per process: one that cannot load (no Triton, no GPU, no
+compiler, a failed build) is reported with its reason and never breaks ``import mobilevitv2_kernels``, and
+one that loads is still checked against the reference on first use (:mod:`mobilevitv2_kernels.self_check`).
 """
 
 from __future__ import annotations

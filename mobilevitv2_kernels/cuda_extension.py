@@ -1,23 +1,12 @@
 """The CUDA backend: a C++/CUDA extension (sources in ``csrc/``) JIT-built on first use and cached.
 
-``load()`` returns an object with the four backend functions of :mod:`mobilevitv2_kernels.reference`,
-running the kernels of ``csrc/``. The first call compiles the extension with
-``torch.utils.cpp_extension.load`` (ninja), which takes under a minute (measured: 36-58 s on a busy 2-core
-CPU machine for sm_80 + sm_90; one architecture is faster), and announces it in one line; later processes
-find the cached build and load it in a fraction of a second. ``python -m mobilevitv2_kernels build`` does
-the same ahead of time (for Docker images and CI).
-
-Build knobs (environment):
-
-* ``MOBILEVITV2_DISABLE_CUDA_EXT=1``: never build or load the extension; the ops use the next backend.
-* ``TORCH_CUDA_ARCH_LIST``: the GPU architectures to compile for (e.g. ``"9.0"`` or ``"8.0;9.0+PTX"``).
-  Default: the visible GPUs' architectures, or sm_80 and sm_90 when no GPU is visible.
-* ``CUDA_HOME``: the CUDA toolkit; found otherwise from ``nvcc`` on the PATH or ``/usr/local/cuda``.
-* ``TORCH_EXTENSIONS_DIR``: where builds are cached (default ``~/.cache/torch_extensions``).
-
-When the extension cannot be used (no CUDA build of PyTorch, no ``nvcc``, disabled, or a failed build)
-``load()`` raises :class:`~mobilevitv2_kernels.backends.BackendUnavailableError` with the reason and
-warns once per process that the ops fall back to the next backend; importing the package never fails.
+``load()`` returns an object with the four backend functions of :mod:`mobilevitv2_kernels.reference` that
+``csrc/`` implements. The first call compiles the extension with ``torch.utils.cpp_extension.load`` (ninja,
+announced in one line); later processes load the cached build; ``python -m mobilevitv2_kernels build`` builds
+ahead of time. Where the extension cannot be used, ``load()`` raises
+:class:`~mobilevitv2_kernels.common.BackendUnavailableError` with the reason and warns once that the ops fall
+back to the next backend; importing the package never fails. Environment knobs: docs/design.md, "Building
+the CUDA extension".
 """
 
 from __future__ import annotations

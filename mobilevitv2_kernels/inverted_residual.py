@@ -1,21 +1,10 @@
 """The fused inverted-residual op (inference only): schema, input checks, fake kernel, dispatch to a backend.
 
-``mobilevitv2::inverted_residual(Tensor x, <the 6 tensors of InvertedResidualWeights>, int stride,
-int dilation, bool residual, str backend) -> Tensor`` is the MobileNetV2 block with BatchNorm folded into the weights (:func:`mobilevitv2_kernels.folding.fold_batchnorm`):
-
-    h = SiLU(conv1x1(x, w_expand) + b_expand)       (skipped when w_expand and b_expand are None: h = x)
-    h = SiLU(depthwise3x3(h, w_dw, stride, padding=dilation, dilation) + b_dw)
-    y = conv1x1(h, w_reduce) + b_reduce (+ x if residual)
-
-Without the expand conv (MobileNetV2's expansion ratio 1) it is a depthwise-separable conv: the model uses
-that form for the MobileViTV2 blocks' local representation (depthwise 3x3 + BN + SiLU, then the 1x1 to d).
-
-Inference only: the op has no derivative. Its autograd registration only refuses: calling it with grad
-mode on and an input that requires grad raises ``RuntimeError`` at call time (not later in ``backward``).
-The model never gets there: ``MobileViTV2InvertedResidual`` uses the op only in eval mode when no gradient
-is needed, and runs its eager conv/BN/SiLU modules otherwise (training, or eval with gradients).
-The CUDA extension has no kernel for this op (``backends.UNSUPPORTED_OPS``); ``backend="auto"`` picks
-Triton on CUDA and the reference on the CPU.
+``mobilevitv2::inverted_residual`` is the MobileNetV2 block with BatchNorm folded into the weights
+(:func:`mobilevitv2_kernels.folding.fold_batchnorm`): expand 1x1 + SiLU, depthwise 3x3 + SiLU, reduce 1x1
+(+ x). Without the expand conv (expansion ratio 1) it is the depthwise-separable conv of the MobileViTV2
+blocks' local representation. Why it has no derivative and no CUDA-extension kernel: docs/design.md,
+"Inference-only ops".
 """
 
 from __future__ import annotations
@@ -121,18 +110,13 @@ def inverted_residual(
     Args:
         x: (B, C_in, H, W) float32/float16/bfloat16 (float64 on the reference backend), any strides.
         weights: an :class:`~mobilevitv2_kernels.weights.InvertedResidualWeights` (or its 6 tensors in
-            order): the 1x1 expand conv (E, C_in) and its bias (E,) (SiLU after it), both None for a block
-            without it (E = C_in: a depthwise-separable conv); the depthwise 3x3 conv (E, 9) or (E, 1, 3, 3)
-            and its bias (SiLU after it), with ``stride`` (1 or 2), ``dilation`` and padding = dilation
-            (out-of-image taps see a zero *expanded* value); the 1x1 reduce conv (C_out, E) and its bias.
+            order), float32 (as ``fold_batchnorm`` returns them) or ``x``'s dtype: the expand 1x1 (E, C_in)
+            and bias, both None without an expand conv (E = C_in); the depthwise 3x3 (E, 9) or (E, 1, 3, 3)
+            and bias, with ``stride`` (1 or 2), ``dilation`` and padding = dilation (out-of-image taps see
+            a zero *expanded* value); the reduce 1x1 (C_out, E) and bias. SiLU follows the first two convs.
         residual: add ``x`` to the result (needs stride 1 and C_in == C_out).
         backend: ``"auto"`` (Triton on CUDA, the reference elsewhere), ``"reference"`` or ``"triton"``;
             ``"cuda"`` has no kernel for this op and raises ``BackendUnavailableError``.
-
-    Weights and biases may be float32 (what ``fold_batchnorm`` returns) or ``x``'s dtype. The Triton kernel
-    feeds its two 1x1 matmuls in ``x``'s dtype with float32 accumulation (IEEE fp32, not TF32, for a float32
-    ``x``) and keeps the E-channel expanded activation on chip; the reference casts every weight to ``x``'s
-    dtype and runs three ``F.conv2d`` (docs/design.md).
 
     Returns:
         (B, C_out, ceil(H/stride), ceil(W/stride)) in ``x``'s dtype, channels_last if ``x`` is, else

@@ -1,16 +1,10 @@
 """The fused attention-module op (inference only): schema, input checks, fake kernel, dispatch to a backend.
 
-``mobilevitv2::linear_self_attention(Tensor x, <the 4 tensors of AttentionWeights>, str backend) -> Tensor``
-is MobileViTV2's separable self-attention with its two 1x1 projections on
-(B, d, P, N) patches (:func:`mobilevitv2_kernels.reference.linear_self_attention_forward`):
-
-    out = out_proj(ReLU(v) * sum_n softmax_n(q) k),   [q; k; v] = qkv_proj(x)
-
-The model runs it inside ``transformer_layer``; this op is the attention alone, the unit that the
-separable-vs-multi-head comparison of the benchmarks measures, and usable directly. Its Triton backend never
-forms qkv: the context is the key projection of the score-weighted mean of x (the scores sum to one).
-Inference only, like the other fused ops: no derivative, and a clear error when autograd would need one.
-The CUDA extension has no kernel for it; ``backend="auto"`` picks Triton on CUDA, the reference elsewhere.
+``mobilevitv2::linear_self_attention`` is MobileViTV2's separable self-attention with its two 1x1
+projections on (B, d, P, N) patches, ``out_proj(ReLU(v) * sum_n softmax_n(q) k)`` with ``[q; k; v] =
+qkv_proj(x)``: the attention alone, which the model runs inside ``transformer_layer``, here as the unit the
+benchmarks compare with multi-head attention. Inference only, without a CUDA-extension kernel:
+docs/design.md, "Inference-only ops".
 """
 
 from __future__ import annotations

@@ -1,18 +1,9 @@
-"""Pure-PyTorch reference implementations: the single oracle for every kernel.
+"""Pure-PyTorch reference implementations: the single oracle for every kernel, and the model's eager path.
 
-Every backend (``reference``, ``triton``, ``cuda``) implements these functions with the same contract
-(``cuda`` all but the inference-only ``inverted_residual_forward`` and ``transformer_layer_forward``); the
-registered ops (``separable_attention.py``, ``patching.py``, ``inverted_residual.py``,
-``transformer_layer.py``) dispatch to one of them. This module is also the eager path of the model, so it computes exactly what Hugging Face transformers computes (the same
-operations in the same order), which keeps the eager model bit-compatible with it.
-
-Layout conventions (transformers' MobileViTV2):
-
-* ``qkv``: (B, 1 + 2d, P, N), channels ordered [query (1), key (d), value (d)];
-  P = pixels inside one patch (row-major), N = patches (row-major over the patch grid).
-* ``unfold``: (B, C, H, W) -> (B, C, P, N) with pixel (hi*ph + i, wi*pw + j) at p = i*pw + j,
-  n = hi*(W // pw) + wi. Rows/columns beyond a multiple of the patch are dropped.
-* ``fold``: the adjoint of ``unfold``: (B, C, P, N) -> (B, C, H, W), zeros where ``unfold`` dropped pixels.
+Every backend implements these functions with the same contract (``backends.UNSUPPORTED_OPS`` lists the
+gaps) and the registered ops dispatch to one of them. As the eager path they compute what Hugging Face
+transformers computes, the same operations in the same order, which keeps the eager model bit-compatible
+with it. The layouts (qkv's channel order, unfold's pixel order): docs/design.md, "Layouts".
 """
 
 from __future__ import annotations

@@ -1,16 +1,12 @@
 """The fused transformer-layer op (inference only): schema, input checks, fake kernel, dispatch to a backend.
 
-``mobilevitv2::transformer_layer(Tensor x, <the 12 tensors of TransformerLayerWeights>, float eps,
-str backend) -> Tensor`` is one pre-norm MobileViTV2 transformer layer on (B, d, P, N) patches
+``mobilevitv2::transformer_layer`` is one pre-norm MobileViTV2 transformer layer on (B, d, P, N) patches
 (:func:`mobilevitv2_kernels.reference.transformer_layer_forward`):
 
     h = x + out_proj(separable_attention(qkv_proj(GroupNorm1(x))))
     y = h + ffn2(SiLU(ffn1(GroupNorm2(h))))
 
-Inference only, like ``inverted_residual``: the op has no derivative, and calling it with grad mode on and
-an input that requires grad raises ``RuntimeError`` at once. ``MobileViTV2TransformerLayer`` uses it only in
-eval mode when no gradient is needed and runs its modules otherwise. The CUDA extension has no kernel for
-it (``backends.UNSUPPORTED_OPS``); ``backend="auto"`` picks Triton on CUDA and the reference on the CPU.
+Why it has no derivative and no CUDA-extension kernel: docs/design.md, "Inference-only ops".
 """
 
 from __future__ import annotations
@@ -96,9 +92,6 @@ def transformer_layer(x: torch.Tensor, *weights, eps: float = 1e-5, backend: str
         eps: the GroupNorms' epsilon.
         backend: ``"auto"`` (Triton on CUDA, the reference elsewhere), ``"reference"`` or ``"triton"``;
             ``"cuda"`` has no kernel for this op and raises ``BackendUnavailableError``.
-
-    The Triton backend never forms the keys (the context is the key projection of the score-weighted mean of
-    the normalised input) and runs five kernels and nothing else (docs/design.md).
 
     Returns:
         (B, d, P, N) contiguous, ``x``'s dtype. Not differentiable: raises if grad mode is on and an input
