@@ -1,21 +1,9 @@
 """MobileViTV2 configuration: the architecture as data.
 
-Field names and defaults are those of transformers' ``MobileViTV2Config`` (model_type ``"mobilevitv2"``),
-so a transformers ``config.json`` reads into this class and the file it writes reads back into
-transformers. These fields are this package's own:
-
-* ``non_divisible_patching``: what a MobileViTV2 block does when its feature map is not a multiple of the
-  2x2 patch (a 224x224 input gives a 7x7 stage-5 map). ``"zero_fill"`` (default) reproduces transformers:
-  unfold drops the last row/column and fold writes zeros there. ``"resize"`` reproduces ml-cvnets and timm:
-  the block input is bilinearly resized (align_corners=True) up to the next multiple of the patch, and the
-  block output keeps that larger size.
-* ``dilate_local_conv``: under output stride 8/16, ml-cvnets and timm dilate each block's local depthwise
-  3x3 conv like the rest of the stage; transformers does not (``False``, default).
-* The implementation choices (``attn_implementation``, ``conv_implementation``,
-  ``transformer_implementation``) are not part of the architecture: they belong to the model
-  (:meth:`~mobilevitv2.models.MobileViTV2PreTrainedModel.set_implementation`, or keywords of
-  ``from_pretrained``) and are never saved. The config still accepts them as keywords, with one warning,
-  and hands them to the model built from it.
+Field names and defaults are those of transformers' ``MobileViTV2Config`` (model_type ``"mobilevitv2"``), so
+a transformers ``config.json`` reads into this class and the file it writes reads back into transformers.
+Two fields are this package's own, for where transformers and ml-cvnets/timm disagree; the implementation
+choices are not fields (docs/design.md, "Configuration and implementation choices").
 """
 
 from __future__ import annotations
@@ -95,8 +83,12 @@ class MobileViTV2Config:
     output_hidden_states: bool = False
     return_dict: bool = True
     architectures: list[str] | None = None
-    # This package's own options (see the module docstring).
+    # This package's own options; the defaults reproduce transformers, the alternatives ml-cvnets and timm.
+    # A feature map that is not a multiple of the patch (224x224 input: 7x7 at stage 5): "zero_fill" (unfold
+    # drops the last row/column, fold writes zeros there) or "resize" (the block input resized bilinearly,
+    # align_corners=True, up to the next multiple of the patch; the block output keeps that size).
     non_divisible_patching: str = "zero_fill"
+    # Dilate each block's local depthwise 3x3 under output stride 8/16 like the rest of the stage.
     dilate_local_conv: bool = False
     # Accepted for compatibility and handed to the model built from this config; not fields.
     attn_implementation: InitVar[str | None] = None

@@ -1,29 +1,10 @@
 """Image preprocessing for MobileViTV2: transformers' ``MobileViTImageProcessor``, pixel for pixel, with the
-channel order as an explicit option and a preset for timm / ml-cvnets weights.
+channel order as an explicit option and a preset for timm / ml-cvnets weights
+(:meth:`MobileViTV2ImageProcessor.for_cvnets`).
 
-Pipeline (spec section 7.1), per image:
-
-1. to a uint8 (H, W, C) array; with ``do_convert_rgb`` greyscale becomes 3 channels and an alpha channel is
-   composited onto white (transformers' ``convert_to_rgb``) or, with ``drop_alpha``, discarded (PIL's
-   ``convert("RGB")``, what timm and ml-cvnets do);
-2. resize with PIL (``resample``, bilinear by default): the shortest edge to ``size["shortest_edge"]``, the
-   long edge to ``int(shortest_edge * long / short)``; or to ``size["height"] x size["width"]``;
-3. rescale by ``rescale_factor`` (1/255) in float64, then float32;
-4. centre crop to ``crop_size``, zero-padding sides that are smaller than the crop;
-5. ``channel_order="bgr"`` reverses the first three channels (RGB -> BGR); channels first.
-
-No mean/std normalisation: MobileViTV2 weights expect pixels in [0, 1].
-
-Channel order. transformers' MobileViTV2 checkpoints (``apple/mobilevitv2-*``) were converted with a
-processor that flips RGB to BGR, and their reference logits assume it: ``channel_order="bgr"``, the
-default. The timm and ml-cvnets weights were trained and evaluated on RGB with bicubic resizing:
-:meth:`MobileViTV2ImageProcessor.for_cvnets`. (spec section 7.3 argues the transformers checkpoints, being
-the same weights, were probably trained on RGB too; the default keeps transformers' numbers.)
-
-Where this differs from transformers 5 on purpose: ``do_convert_rgb`` defaults to True (transformers leaves
-greyscale images with 1 channel and RGBA with 4, which the model cannot take); ``resample`` defaults to
-bilinear, as in transformers 4 and every published ``preprocessor_config.json`` (transformers 5 changed the
-class default to bicubic; a config file that names ``resample`` is read the same by both).
+Per image: to 3-channel uint8, PIL resize, rescale to [0, 1] (no mean/std normalisation), centre crop,
+RGB -> BGR by default, channels first. The steps in detail, the channel-order default and the deliberate
+differences from transformers 5: docs/design.md, "Image preprocessing".
 """
 
 from __future__ import annotations

@@ -1,19 +1,9 @@
 """How the model runs: reference PyTorch or the fused kernels, chosen per part, stored on the modules.
 
-Three parts of the network have fused kernels:
-
-* ``attention``: each MobileViTV2 block's unfold, separable attention and fold (``"reference"``,
-  ``"triton"``, ``"cuda"`` or ``"auto"``); differentiable, so it serves training too;
-* ``conv``: the MobileNetV2 inverted residuals and the blocks' local convs (``"reference"``, ``"triton"``,
-  ``"auto"``), inference only;
-* ``transformer``: each transformer layer as one op (``"reference"``, ``"triton"``, ``"auto"``), inference
-  only.
-
-A choice is validated once, when it is set (:meth:`MobileViTV2PreTrainedModel.set_implementation`), and
-stored on every module that uses it (the attribute :attr:`Part.attribute`); ``forward`` reads nothing else.
-``"auto"`` takes the fused kernels where :data:`FUSED_IS_FASTER` says they pay on the input's device, and
-the reference elsewhere. The preset ``"fused"`` sets every part to ``"auto"``; ``"reference"`` sets every
-part to the reference. These are runtime choices: never part of the architecture config, never saved.
+Three parts have fused kernels (:data:`PARTS`): ``attention`` (unfold, separable attention and fold of each
+MobileViTV2 block; differentiable), ``conv`` (the inverted residuals and the blocks' local convs) and
+``transformer`` (each transformer layer as one op), the last two inference only. How a choice is validated,
+stored and resolved: docs/design.md, "Configuration and implementation choices".
 """
 
 from __future__ import annotations

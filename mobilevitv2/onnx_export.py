@@ -1,16 +1,9 @@
-"""ONNX export of the reference (eager) path at opset 17.
+"""ONNX export of the reference (eager) path at opset 17, with a dynamic batch and a fixed spatial size.
 
-transformers' MobileViTV2 needs opset 18 because its fold is ``F.fold`` (ONNX ``Col2Im``); this package's
-eager unfold/fold are reshape/permute/pad, so the graph holds only long-standing ops. Export uses torch's
-TorchScript-based exporter: the torch.export-based one writes opset 18 or later.
-
-The spatial input size is fixed at export (``height`` x ``width``), the batch size is dynamic. Two places
-whose output size transformers computes from the runtime shape get that size fixed too, so the graph has no
-data-dependent ``Resize``: the DeepLabV3 image-pooling branch, whose bilinear upsampling of a 1x1 map is a
-broadcast (``Expand``; equal to PyTorch's interpolation up to float rounding), and, with
-``non_divisible_patching="resize"``, the resizing of feature maps that are not a multiple of the patch
-(a ``Resize`` to constant sizes). Needs ``onnx`` to check the file and ``onnxruntime`` to run it
-(``pip install "mobilevitv2[onnx]"``).
+The eager unfold/fold are reshape/permute/pad, so the graph needs no ``Col2Im`` (transformers' ``F.fold``
+needs opset 18), and output sizes that transformers computes from the runtime shape are fixed at export, so
+it has no data-dependent ``Resize`` (docs/design.md, "ONNX export"). Needs ``onnx`` to check the file and
+``onnxruntime`` to run it (``pip install "mobilevitv2[onnx]"``).
 """
 
 from __future__ import annotations
