@@ -84,6 +84,15 @@ def broadcast_object(ctx: Context, value):
     return box[0]
 
 
+def all_gather_object(ctx: Context, value) -> list:
+    """Every rank's ``value``, in rank order, on every rank (``[value]`` with one process)."""
+    if not ctx.distributed:
+        return [value]
+    gathered = [None] * ctx.world_size
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
 def any_rank(ctx: Context, flag: bool) -> bool:
     """True on every rank when ``flag`` is true on any (so that all ranks stop together)."""
     return bool(all_reduce_sum(ctx, torch.tensor([int(flag)])).item())
