@@ -16,9 +16,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from mobilevitv2 import distributed, inference
 from mobilevitv2.config import MobileViTV2Config
 from mobilevitv2.convert import convert_checkpoint
+from mobilevitv2.image_files import IMAGE_EXTENSIONS, ImageReadError
 from mobilevitv2.image_processing import PREPROCESSOR_CONFIG_NAME, MobileViTV2ImageProcessor
+from mobilevitv2.inference import palette
 from mobilevitv2.loading import CheckpointError, resolve_directory
 from mobilevitv2.models import MobileViTV2ForImageClassification, MobileViTV2ForSemanticSegmentation
 from mobilevitv2.onnx_export import OPSET, export_onnx, max_abs_difference, onnx_op_types
@@ -50,9 +53,10 @@ def _open_image(path: str, header_only: bool = False):
     return image
 
 
-def _load_model(model_id: str, task: str, args: argparse.Namespace):
-    """(model, directory) for ``task``, refusing a checkpoint made for the other task before loading it, with
-    the implementation the command line names (``--implementation``, and the per-part options)."""
+def _load_model(model_id: str, task: str, args: argparse.Namespace, device: torch.device | str | None = None):
+    """(model, directory) for ``task`` on ``device`` (default: the GPU when there is one), refusing a
+    checkpoint made for the other task before loading it, with the implementation the command line names
+    (``--implementation``, and the per-part options)."""
     directory = resolve_directory(model_id)
     config = MobileViTV2Config.from_pretrained(directory)
     if config.architectures and ARCHITECTURES[task].lower() not in [a.lower() for a in config.architectures]:
@@ -61,7 +65,8 @@ def _load_model(model_id: str, task: str, args: argparse.Namespace):
             f"{model_id} is a {', '.join(config.architectures)} checkpoint; `{command}` needs a {ARCHITECTURES[task]} checkpoint"
         )
     cls = MobileViTV2ForSemanticSegmentation if task == "segmentation" else MobileViTV2ForImageClassification
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     model = cls.from_pretrained(
         directory,
         device=device,
@@ -73,98 +78,246 @@ def _load_model(model_id: str, task: str, args: argparse.Namespace):
     return model, directory
 
 
-def _processor(directory: str, task: str):
+def _processor(directory: str, task: str, quiet: bool = False):
     if os.path.isfile(os.path.join(directory, PREPROCESSOR_CONFIG_NAME)):
         return MobileViTV2ImageProcessor.from_pretrained(directory)
     shortest_edge, crop = DEFAULT_PREPROCESSING[task]
     steps = f"resize {shortest_edge}" + (f", crop {crop}" if task == "classification" else "")
-    print(
-        f"{PROG}: no {PREPROCESSOR_CONFIG_NAME} in the model directory; using the preprocessing of "
-        f"transformers' MobileViTV2 checkpoints ({steps}, BGR)",
-        file=sys.stderr,
-    )
+    if not quiet:
+        print(
+            f"{PROG}: no {PREPROCESSOR_CONFIG_NAME} in the model directory; using the preprocessing of "
+            f"transformers' MobileViTV2 checkpoints ({steps}, BGR)",
+            file=sys.stderr,
+        )
     return MobileViTV2ImageProcessor(size={"shortest_edge": shortest_edge}, crop_size=crop)
+
+
+# ----- predict and segment: inputs, ranks ----------------------------------------------------------------------
+def _list_inputs(inputs: Sequence[str], ctx: distributed.Context) -> list[tuple[str, str]]:
+    """(path, name relative to its input folder) of every image the inputs stand for, listed on rank 0 and
+    shared with the others. A file named on the command line must be an image (its header is read here,
+    before the model loads); images inside folders are only decoded during the run."""
+
+    def listing():
+        for item in inputs:
+            if not os.path.exists(item):
+                raise FileNotFoundError(f"no image file or folder at {item}")
+            if not os.path.isdir(item):
+                _open_image(item, header_only=True)
+        return inference.list_images(inputs)
+
+    return _on_rank0(ctx, listing)
+
+
+def _on_rank0(ctx: distributed.Context, work):
+    """``work()`` on rank 0 alone, its result on every rank; its error is raised on rank 0 (which reports it)
+    and ends the other ranks quietly with status 1."""
+    if not ctx.distributed:
+        return work()
+    result, error = None, None
+    if ctx.is_main:
+        try:
+            result = work()
+        except Exception as exc:  # handed on below, after the other ranks know
+            error = exc
+    result, failed = distributed.broadcast_object(ctx, (result, error is not None))
+    if error is not None:
+        raise error
+    if failed:
+        raise SystemExit(1)
+    return result
+
+
+def _gather_outcome(ctx: distributed.Context, error: Exception | None, counts: dict[str, int]) -> dict[str, int]:
+    """``counts`` summed over the ranks, once every rank has finished its shard. An error on any rank ends the
+    command on all of them: rank 0 reports the first one in one line; another rank reports only an error of
+    its own that is not an unreadable image (so a --strict failure is one line)."""
+    outcomes = distributed.all_gather_object(ctx, (str(error) if error is not None else None, counts))
+    if error is not None and (ctx.is_main or not isinstance(error, ImageReadError)):
+        raise error
+    messages = [message for message, _ in outcomes if message is not None]
+    if messages:
+        if ctx.is_main:
+            raise UsageError(messages[0])
+        raise SystemExit(1)
+    return {key: sum(c[key] for _, c in outcomes) for key in counts}
+
+
+def _check_loader_options(args: argparse.Namespace) -> None:
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.workers < 0:
+        raise UsageError(f"--workers must be 0 or more, got {args.workers}")
+
+
+def _report_skipped(ctx: distributed.Context, command: str, skipped: int) -> None:
+    if skipped and ctx.is_main:
+        plural = "" if skipped == 1 else "s"
+        print(f"{PROG} {command}: skipped {skipped} unreadable image{plural} (--strict to stop at the first)", file=sys.stderr)
 
 
 # ----- predict -----------------------------------------------------------------------------------------------
 def cmd_predict(args: argparse.Namespace) -> int:
-    for path in args.images:  # fail before loading the model
-        _open_image(path, header_only=True)
-    model, directory = _load_model(args.model, "classification", args)
-    processor = _processor(directory, "classification")
-    device = next(model.parameters()).device
+    ctx = distributed.setup()
+    try:
+        return _predict(args, ctx)
+    finally:
+        distributed.teardown()
+
+
+def _predict(args: argparse.Namespace, ctx: distributed.Context) -> int:
+    fmt = None
+    if args.output is not None:
+        if args.json:
+            raise UsageError("--json prints to stdout; with --output FILE choose the file's format with --format")
+        if os.path.isdir(args.output):
+            raise UsageError(f"{args.output} is a folder; --output needs a file name (.jsonl or .csv)")
+        fmt = inference.output_format(args.output, args.format)
+    elif args.format is not None:
+        raise UsageError("--format goes with --output FILE")
+    _check_loader_options(args)
+    paths = [path for path, _ in _list_inputs(args.images, ctx)]  # before loading the model
+    model, directory = _load_model(args.model, "classification", args, device=ctx.device)
+    processor = _processor(directory, "classification", quiet=not ctx.is_main)
     k = max(1, min(args.top_k, model.config.num_labels))
-    results = []
-    for start in range(0, len(args.images), 16):
-        paths = args.images[start : start + 16]
-        pixel_values = processor([_open_image(p) for p in paths], return_tensors="pt")["pixel_values"]
-        with torch.no_grad():
-            probs = model(pixel_values.to(device)).logits.float().softmax(dim=-1).cpu()
-        top = probs.topk(k, dim=-1)
-        for path, values, indices in zip(paths, top.values.tolist(), top.indices.tolist()):
-            predictions = [
-                {"index": i, "label": model.config.id2label.get(i, str(i)), "probability": round(p, 6)}
-                for p, i in zip(values, indices)
-            ]
-            results.append({"image": path, "predictions": predictions})
-    if args.json:
-        print(json.dumps(results, indent=2))
-    else:
-        for result in results:
-            print(result["image"])
-            for p in result["predictions"]:
-                print(f"  {p['probability']:7.2%}  {p['label']}")
+    records = inference.predict_files(
+        model, processor, paths, batch_size=args.batch_size, num_workers=args.workers, top_k=k, ctx=ctx,
+        progress=args.progress,
+    )  # fmt: skip
+    target = None
+    if args.output is not None:
+        target = inference.part_path(args.output, ctx.rank, ctx.world_size) if ctx.distributed else args.output
+    kept, skipped, error = [], 0, None
+    writer = None
+    try:
+        writer = inference.PredictionWriter(target, fmt, k) if target is not None else None
+        for record in records:
+            if "error" in record:
+                if args.strict:
+                    raise ImageReadError(record["error"])
+                skipped += 1
+            if writer is not None:
+                writer.write(record)
+            else:
+                kept.append(record)
+    except Exception as exc:  # every rank learns of it before any stops
+        error = exc
+    finally:
+        records.close()
+        if writer is not None:
+            writer.close()
+    skipped = _gather_outcome(ctx, error, {"skipped": skipped})["skipped"]
+    if args.output is None:
+        shards = distributed.all_gather_object(ctx, kept)  # rank r has images r, r + world_size, ...
+        if not ctx.is_main:
+            return 0
+        results = [shards[i % len(shards)][i // len(shards)] for i in range(len(paths))]
+        if args.json:
+            print(json.dumps(results, indent=2))
+        else:
+            for result in results:
+                print(result["image"])
+                if "error" in result:
+                    print(f"  skipped: {result['error']}")
+                for p in result.get("predictions", []):
+                    print(f"  {p['probability']:7.2%}  {p['label']}")
+    elif ctx.is_main:
+        if ctx.distributed:
+            parts = [inference.part_path(args.output, rank, ctx.world_size) for rank in range(ctx.world_size)]
+            inference.merge_parts(parts, args.output, fmt, len(paths), k)
+        print(f"wrote {args.output} ({len(paths)} images, top {k})")
+    _report_skipped(ctx, "predict", skipped)
     return 0
 
 
 # ----- segment -----------------------------------------------------------------------------------------------
-def palette(num_classes: int) -> np.ndarray:
-    """(num_classes, 3) uint8 colours: the PASCAL VOC colour map (class 0 black), so VOC masks look familiar."""
-    colours = np.zeros((num_classes, 3), dtype=np.uint8)
-    for index in range(num_classes):
-        value, shift = index, 7
-        while value:
-            for channel in range(3):
-                colours[index, channel] |= ((value >> channel) & 1) << shift
-            value >>= 3
-            shift -= 1
-    return colours
+def _one_mask_file(args: argparse.Namespace) -> bool:
+    """``segment IMAGE --out MASK.png``: one image file to one mask file (else --out is a folder of masks)."""
+    return (
+        len(args.images) == 1
+        and not os.path.isdir(args.images[0])
+        and not os.path.isdir(args.out)
+        and args.out.lower().endswith(IMAGE_EXTENSIONS)
+    )
+
+
+def _mask_targets(listed: list[tuple[str, str]], out: str, overlay_dir: str | None) -> list[tuple[str, str | None]]:
+    """(mask path, overlay path) per image: the image's name relative to its input folder, as a PNG, under
+    ``out`` (and ``overlay_dir``). Two images that would write the same mask are refused, naming both."""
+    targets, owner = [], {}
+    for path, name in listed:
+        relative = os.path.splitext(name)[0] + ".png"
+        mask_path = os.path.join(out, relative)
+        key = os.path.normcase(os.path.abspath(mask_path))
+        if key in owner:
+            raise UsageError(f"{owner[key]} and {path} would both be written to {mask_path}")
+        owner[key] = path
+        targets.append((mask_path, os.path.join(overlay_dir, relative) if overlay_dir else None))
+    return targets
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
-    image = _open_image(args.image)
-    model, directory = _load_model(args.model, "segmentation", args)
+    ctx = distributed.setup()
+    try:
+        return _segment(args, ctx)
+    finally:
+        distributed.teardown()
+
+
+def _segment(args: argparse.Namespace, ctx: distributed.Context) -> int:
+    one_file = _one_mask_file(args)
+    if one_file and args.overlay_dir:
+        raise UsageError("--overlay-dir goes with --out FOLDER; with --out MASK.png use --overlay FILE")
+    if not one_file:
+        if args.overlay:
+            raise UsageError("--overlay FILE goes with one image and --out MASK.png; with --out FOLDER use --overlay-dir")
+        for option, folder in (("--out", args.out), ("--overlay-dir", args.overlay_dir)):
+            if folder is not None and os.path.isfile(folder):
+                raise UsageError(f"{folder} is a file; {option} needs a folder when segmenting a folder or several images")
+    _check_loader_options(args)
+    listed = _list_inputs(args.images, ctx)  # before loading the model
+    targets = [(args.out, args.overlay)] if one_file else _mask_targets(listed, args.out, args.overlay_dir)
+    model, directory = _load_model(args.model, "segmentation", args, device=ctx.device)
     # The whole image, resized but not cropped, so the mask covers every pixel of it.
-    processor = _processor(directory, "segmentation")
+    processor = _processor(directory, "segmentation", quiet=not ctx.is_main)
     processor.do_center_crop = False
-    pixel_values = processor(image, return_tensors="pt")["pixel_values"]
-    with torch.no_grad():
-        outputs = model(pixel_values.to(next(model.parameters()).device))
-    mask = processor.post_process_semantic_segmentation(outputs, target_sizes=[(image.height, image.width)])[0]
-    mask = mask.cpu().numpy()
     num_labels = model.config.num_labels
     colours = palette(max(num_labels, 1))
-    if num_labels <= 256:  # a palette PNG: pixel values are class indices, viewers show colours
-        mask_image = Image.fromarray(mask.astype(np.uint8), mode="P")
-        mask_image.putpalette(colours.ravel().tolist())
-    else:
-        mask_image = Image.fromarray(mask.astype(np.uint16))
-    _save(mask_image, args.out)
-    if args.overlay:
-        rgb = np.asarray(image.convert("RGB"), dtype=np.float32)
-        blended = (1 - args.alpha) * rgb + args.alpha * colours[mask].astype(np.float32)
-        _save(Image.fromarray(np.round(blended).astype(np.uint8)), args.overlay)
-    counts = np.bincount(mask.ravel(), minlength=num_labels)
-    present = sorted(np.nonzero(counts)[0], key=lambda c: -counts[c])
-    summary = ", ".join(f"{model.config.id2label.get(int(c), c)} {counts[c] / mask.size:.1%}" for c in present)
-    print(f"{args.image}: {summary}")
-    print(f"wrote {args.out}" + (f" and {args.overlay}" if args.overlay else ""))
+    with_overlays = bool(args.overlay or args.overlay_dir)
+    records = inference.segment_files(
+        model, processor, [path for path, _ in listed], batch_size=args.batch_size, num_workers=args.workers,
+        ctx=ctx, progress=False if one_file else args.progress, keep_images=with_overlays,
+    )  # fmt: skip
+    written, skipped, error = 0, 0, None
+    try:
+        for index, record in zip(range(ctx.rank, len(listed), ctx.world_size), records):
+            if "error" in record:
+                if args.strict or one_file:
+                    raise ImageReadError(record["error"])
+                skipped += 1
+                continue
+            mask_path, overlay_path = targets[index]
+            mask = record["mask"]
+            inference.save_image(inference.mask_image(mask, colours), mask_path)
+            if overlay_path is not None:
+                inference.save_image(inference.overlay_image(record["pixels"], mask, colours, args.alpha), overlay_path)
+            written += 1
+            if one_file:
+                counts = np.bincount(mask.ravel(), minlength=num_labels)
+                present = sorted(np.nonzero(counts)[0], key=lambda c: -counts[c])
+                summary = ", ".join(f"{model.config.id2label.get(int(c), c)} {counts[c] / mask.size:.1%}" for c in present)
+                print(f"{record['image']}: {summary}")
+                print(f"wrote {mask_path}" + (f" and {overlay_path}" if overlay_path else ""))
+    except Exception as exc:  # every rank learns of it before any stops
+        error = exc
+    finally:
+        records.close()
+    totals = _gather_outcome(ctx, error, {"written": written, "skipped": skipped})
+    if not one_file and ctx.is_main:
+        overlays = f" and overlays to {args.overlay_dir}" if args.overlay_dir else ""
+        print(f"wrote {totals['written']} masks to {args.out}{overlays}")
+    _report_skipped(ctx, "segment", totals["skipped"])
     return 0
-
-
-def _save(image, path: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    image.save(path)
 
 
 # ----- convert -----------------------------------------------------------------------------------------------
@@ -227,27 +380,54 @@ def build_parser() -> argparse.ArgumentParser:
     transformer_help = "fused transformer layers alone, inference only (for experts)"
     model_help = "a transformers-format checkpoint directory or a Hugging Face Hub id"
 
-    p = sub.add_parser("predict", help="top-k labels for images with an image-classification checkpoint")
-    p.add_argument("images", nargs="+", metavar="IMAGE")
+    workers_help = f"DataLoader processes that read and preprocess images (default {inference.default_workers()}: min(4, CPU cores))"
+    progress_help = "a progress bar on stderr (default: when stderr is a terminal)"
+    strict_help = "stop at the first unreadable image (default: skip it, count it and go on)"
+
+    p = sub.add_parser(
+        "predict", help="top-k labels for images or folders of images with an image-classification checkpoint",
+        description="Top-k labels for image files and the images in folders (sub-folders too). Under "
+        "`torchrun --nproc-per-node N -m mobilevitv2 predict ...` the images are shared among the processes "
+        "and the output is one file, in input order.",
+    )  # fmt: skip
+    p.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER")
     p.add_argument("--model", required=True, help=model_help)
     p.add_argument("--implementation", **preset)
     p.add_argument("--attn-implementation", **attn)
     p.add_argument("--conv-implementation", help=conv_help, **fused)
     p.add_argument("--transformer-implementation", help=transformer_help, **fused)
     p.add_argument("--top-k", type=int, default=5)
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table (without --output)")
+    p.add_argument("--output", metavar="FILE", help="write one record per image to FILE as the batches finish (.jsonl or .csv)")
+    p.add_argument("--format", choices=inference.FORMATS, help="the --output format (default: from its extension)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
+    p.add_argument("--workers", type=int, default=inference.default_workers(), help=workers_help)
+    p.add_argument("--strict", action="store_true", help=strict_help)
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help=progress_help)
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("segment", help="a full-size class mask (and a colour overlay) with a segmentation checkpoint")
-    p.add_argument("image", metavar="IMAGE")
+    p = sub.add_parser(
+        "segment", help="full-size class masks (and colour overlays) with a segmentation checkpoint",
+        description="IMAGE --out MASK.png: one mask file. Folders or several images with --out FOLDER: one "
+        "mask per image, the same name as a .png, in the input folder's sub-folders.",
+    )  # fmt: skip
+    p.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER")
     p.add_argument("--model", required=True, help=model_help)
-    p.add_argument("--out", required=True, help="mask PNG: pixel values are class indices (a palette PNG up to 256 classes)")
-    p.add_argument("--overlay", help="also write the image with the class colours blended over it")
+    p.add_argument(
+        "--out", required=True,
+        help="mask PNG for one image, or the folder for the masks; pixel values are class indices (a palette PNG up to 256 classes)",
+    )  # fmt: skip
+    p.add_argument("--overlay", metavar="FILE", help="with one image: also write it with the class colours blended over it")
+    p.add_argument("--overlay-dir", metavar="FOLDER", help="with --out FOLDER: also write the overlays here, named as the masks")
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the class colours (default 0.5)")
     p.add_argument("--implementation", **preset)
     p.add_argument("--attn-implementation", **attn)
     p.add_argument("--conv-implementation", help=conv_help, **fused)
     p.add_argument("--transformer-implementation", help=transformer_help, **fused)
+    p.add_argument("--batch-size", type=int, default=32, help="images per batch; images of one preprocessed size share a forward pass (default 32)")
+    p.add_argument("--workers", type=int, default=inference.default_workers(), help=workers_help)
+    p.add_argument("--strict", action="store_true", help=strict_help)
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help=progress_help)
     p.set_defaults(func=cmd_segment)
 
     p = sub.add_parser("convert", help="a timm or ml-cvnets state dict -> a transformers-format directory")
