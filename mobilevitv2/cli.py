@@ -320,6 +320,19 @@ def _segment(args: argparse.Namespace, ctx: distributed.Context) -> int:
     return 0
 
 
+# ----- train -------------------------------------------------------------------------------------------------
+def cmd_train(args: argparse.Namespace) -> int:
+    try:
+        from mobilevitv2.training import arguments, train
+    except ImportError as exc:
+        raise UsageError(f'training needs the train extra ({exc}); pip install "mobilevitv2[train]"') from None
+    try:
+        train(arguments.from_namespace(args))
+    except FloatingPointError as exc:
+        raise UsageError(str(exc)) from None
+    return 0
+
+
 # ----- convert -----------------------------------------------------------------------------------------------
 def cmd_convert(args: argparse.Namespace) -> int:
     labels = None
@@ -369,7 +382,7 @@ def cmd_bench(argv: Sequence[str]) -> int:
 
 # ----- the parser --------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description="MobileViTV2: predict, segment, convert, export, benchmark")
+    parser = argparse.ArgumentParser(prog=PROG, description="MobileViTV2: predict, segment, train, convert, export, benchmark")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     preset = dict(choices=["fused", "reference"], default=None,
                   help="fused: every fused kernel that is faster on the device; reference: pure PyTorch "
@@ -429,6 +442,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help=strict_help)
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help=progress_help)
     p.set_defaults(func=cmd_segment)
+
+    p = sub.add_parser("train", help="fine-tune or train a classifier or segmenter on folders of images (DDP under torchrun)")
+    from mobilevitv2.training.arguments import add_arguments as add_training_arguments
+
+    add_training_arguments(p)
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("convert", help="a timm or ml-cvnets state dict -> a transformers-format directory")
     p.add_argument("--from", dest="source", required=True, choices=["timm", "ml-cvnets"])

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 TASKS = ("classification", "segmentation")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+OPTIMIZERS = ("adamw", "sgd")
 # Settings that may change when a run is resumed (how it runs, not what it computes).
 RESUMABLE_CHANGES = {"resume", "overwrite", "stop_after_epoch", "workers", "progress"}
 
@@ -26,6 +27,7 @@ class TrainingArguments:
     labels_file: str | None = None  # a text file with one class name per line
     epochs: int = 10
     batch_size: int = 64  # the global batch, split over the processes
+    optimizer: str = "adamw"  # or "sgd" (momentum 0.9, Nesterov)
     lr: float = 1e-3
     min_lr_ratio: float = 0.1  # the cosine ends at lr * min_lr_ratio
     weight_decay: float = 0.05
@@ -54,6 +56,8 @@ class TrainingArguments:
             raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.implementation not in ("reference", "fused"):
             raise ValueError(f"implementation must be 'reference' or 'fused', got {self.implementation!r}")
         if self.model is not None and self.width is not None:
@@ -100,7 +104,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--labels", dest="labels_file", help="segmentation: text file with one class name per line")
     parser.add_argument("--epochs", type=int, default=d["epochs"].default)
     parser.add_argument("--batch-size", type=int, default=d["batch_size"].default, help="global batch over all processes (default 64)")
-    parser.add_argument("--lr", type=float, default=d["lr"].default, help="peak AdamW learning rate (default 1e-3)")
+    parser.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw", help="adamw (default) or sgd (momentum 0.9, Nesterov)")
+    parser.add_argument("--lr", type=float, default=d["lr"].default, help="peak learning rate (default 1e-3)")
     parser.add_argument("--min-lr-ratio", type=float, default=d["min_lr_ratio"].default)
     parser.add_argument("--weight-decay", type=float, default=d["weight_decay"].default)
     parser.add_argument("--warmup-epochs", type=float, default=d["warmup_epochs"].default)

@@ -125,9 +125,11 @@ class Run:
         # optimizer and schedule (per step)
         decay = [p for p in model.parameters() if p.ndim > 1]
         no_decay = [p for p in model.parameters() if p.ndim <= 1]  # biases and norm weights
-        self.optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=args.lr
-        )
+        groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if args.optimizer == "sgd":
+            self.optimizer = torch.optim.SGD(groups, lr=args.lr, momentum=0.9, nesterov=True)
+        else:
+            self.optimizer = torch.optim.AdamW(groups, lr=args.lr)
         self.steps_per_epoch = len(self.train_loader)
         if self.steps_per_epoch == 0:
             raise data.DatasetError(f"{args.data}/train: fewer images than one batch per process")

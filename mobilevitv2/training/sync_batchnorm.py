@@ -3,7 +3,7 @@
 With several processes each one sees a slice of the batch; plain BatchNorm then normalises each slice by its
 own statistics, and the run no longer computes what one process with the whole batch computes. PyTorch's
 ``SyncBatchNorm`` fixes that on GPUs only (it raises on CPU tensors); on GPUs we use it. This module does the
-same with a differentiable all-reduce of the per-channel sums (``torch.distributed.nn.functional``), so gloo
+same with a differentiable all-reduce of the per-channel sums (:class:`AllReduceSum`), so gloo
 runs on CPUs train the same model as one process. Same parameters and buffers as ``nn.BatchNorm2d``, so the
 state dict is unchanged.
 """
@@ -11,25 +11,41 @@ state dict is unchanged.
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 from torch import nn
+
+
+class AllReduceSum(torch.autograd.Function):
+    """The sum over the ranks; the gradient of each rank's input is the sum of the ranks' output gradients
+    (every rank's loss depends on every rank's contribution)."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        total = tensor.clone()
+        dist.all_reduce(total)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        total = grad.contiguous().clone()
+        dist.all_reduce(total)
+        return total
 
 
 class GlobalBatchNorm2d(nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
-
         dims = (0, 2, 3)
-        local = torch.stack([
-            x.sum(dims, dtype=torch.float32),
-            (x.float() * x.float()).sum(dims),
-            torch.full((x.shape[1],), x.numel() / x.shape[1], dtype=torch.float32, device=x.device),
-        ])  # fmt: skip
-        total = all_reduce(local)  # sums over the ranks; its backward all-reduces the gradients
-        count = total[2, 0]
-        mean = total[0] / count
-        var = (total[1] / count - mean * mean).clamp_min(0)
+        xf = x.float()
+        # Two passes, as one process computes it: the global mean, then the centred sum of squares (the
+        # one-pass E[x^2] - mean^2 loses digits when the mean is large against the spread).
+        count = torch.tensor([x.numel() / x.shape[1]], dtype=torch.float32, device=x.device)
+        sums = AllReduceSum.apply(torch.cat([xf.sum(dims), count]))
+        count = sums[-1]
+        mean = sums[:-1] / count
+        centred = xf - mean.view(1, -1, 1, 1)
+        var = AllReduceSum.apply((centred * centred).sum(dims)) / count
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
@@ -39,7 +55,7 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
                 self.running_var.lerp_(unbiased.to(self.running_var.dtype), momentum)
         scale = torch.rsqrt(var + self.eps)
         shape = (1, -1, 1, 1)
-        y = (x.float() - mean.view(shape)) * scale.view(shape)
+        y = centred * scale.view(shape)
         if self.affine:
             y = y * self.weight.view(shape) + self.bias.view(shape)
         return y.to(x.dtype)
