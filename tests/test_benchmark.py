@@ -532,3 +532,27 @@ def test_gpu_check_kernels_times_and_writes_through_the_harness(tmp_path, monkey
     benched = []
     monkeypatch.setattr(harness, "do_bench_ms", lambda fn, rep_ms: benched.append(rep_ms) or 1.5)
     assert module.default_timer(smoke=False)(lambda: None, 50) == 1.5 and benched == [50]
+
+
+def test_training_suite_runs_ours_against_transformers(tmp_path, monkeypatch):
+    """The training suite: on a GPU width 1.0 bf16 batch 128, ours eager / fused / compiled against
+    transformers eager and compiled (builders recorded, nothing run); on the CPU the quick case runs, every
+    step gives a finite loss and a time, and the results carry the peak-memory column (CUDA only)."""
+    calls = []
+
+    def record(width, batch, dtype, device, **kwargs):
+        calls.append((width, batch, dtype, kwargs))
+        return []
+
+    with monkeypatch.context() as patch:
+        patch.setattr(suites, "model_cases", record)
+        suites.training_cases(torch.device("cuda"))
+    (width, batch, dtype, kwargs), = calls
+    assert (width, batch, dtype, kwargs["training"]) == (1.0, 128, torch.bfloat16, True)
+    assert kwargs["providers"] == ["transformers eager", "transformers compiled", "ours eager", "ours fused", "ours compiled", "ours fused compiled"]
+    pytest.importorskip("transformers")
+    prefix = tmp_path / "training"
+    assert command.main(["--suite", "training", "--quick", "--device", "cpu", "--reps", "1", "--out", str(prefix)]) == 0
+    rows = json.loads((tmp_path / "training.json").read_text())["results"]
+    assert [r["provider"] for r in rows] == ["transformers eager", "ours eager"]
+    assert all(r["error"] is None and r["ms"] > 0 and "train step" in r["group"] and "peak_mib" in r for r in rows)

@@ -11,7 +11,7 @@ import sys
 import torch
 
 from mobilevitv2.bench.harness import environment, format_table, run_to_files
-from mobilevitv2.bench.suites import SUITES, default_cases, target_cases
+from mobilevitv2.bench.suites import SUITES, default_cases
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,16 +30,17 @@ def main(argv: list[str] | None = None) -> int:
         help="default: the sweep above; targets: the performance targets, each group with only its baseline and "
         "our providers it is about, groups without torch.compile first (width 1.0: DeepLabV3 512px OS16 batch 32 and "
         "a bf16 training step at 128 vs transformers eager, a transformer layer per stage, separable vs flash "
-        "attention over N, fp16 batch 256 vs transformers compiled, batch 1 vs reduce-overhead)",
+        "attention over N, fp16 batch 256 vs transformers compiled, batch 1 vs reduce-overhead); training: training steps "
+        "of ours (eager, fused attention, compiled) vs transformers eager and compiled (GPU: width 1.0 bf16 batch 128)",
     )  # fmt: skip
-    parser.add_argument("--quick", action="store_true", help="with --suite targets: tiny shapes, nothing compiled")
+    parser.add_argument("--quick", action="store_true", help="with --suite targets or training: tiny shapes, nothing compiled")
     args = parser.parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     env = environment(device)
     print(f"mobilevitv2 bench on {env['device']} (torch {env['torch']}, triton {env['triton']}, commit {env['commit']})", file=sys.stderr)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     prefix = args.out or os.path.join("bench-results", f"{device.type}-{args.suite}-{stamp}")
-    cases = target_cases(device, quick=args.quick) if args.suite == "targets" else default_cases(device)
+    cases = SUITES[args.suite](device, quick=args.quick) if args.suite != "default" else default_cases(device)
 
     results, stopped = run_to_files(cases, device, prefix, env, reps=args.reps)  # files after every case
     print(format_table(results))

@@ -50,6 +50,7 @@ class Result:
     speedup: float | None = None
     items_per_s: float | None = None
     fraction_of_copy: float | None = None
+    peak_mib: float | None = None  # CUDA: the most memory allocated during the timed calls
     error: str | None = None
 
 
@@ -192,8 +193,12 @@ def run_cases(
         if progress:
             print(f"[{i}/{len(cases)}] {case.group} | {case.provider}", file=sys.stderr, flush=True)
         try:
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
             ms = time_ms(case.fn, device, reps=reps)
             result = Result(case.group, case.provider, ms, items_per_s=case.items / ms * 1e3 if case.items else None)
+            if device.type == "cuda":
+                result.peak_mib = torch.cuda.max_memory_allocated(device) / 2**20
             if case.bytes_moved:
                 if case.bytes_moved not in bandwidth_cache:
                     bandwidth_cache[case.bytes_moved] = copy_bandwidth(device, case.bytes_moved)
@@ -223,7 +228,7 @@ def fill_speedups(cases: list[Case], results: list[Result]) -> None:
 
 
 def format_table(results: list[Result]) -> str:
-    rows = [("group", "provider", "ms", "speed-up", "items/s", "of copy BW")]
+    rows = [("group", "provider", "ms", "speed-up", "items/s", "of copy BW", "peak MiB")]
     for r in results:
         rows.append(
             (
@@ -233,6 +238,7 @@ def format_table(results: list[Result]) -> str:
                 f"{r.speedup:.2f}x" if r.speedup else (r.error or "")[:40],
                 f"{r.items_per_s:,.0f}" if r.items_per_s else "",
                 f"{r.fraction_of_copy:.0%}" if r.fraction_of_copy else "",
+                f"{r.peak_mib:,.0f}" if r.peak_mib else "",
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
