@@ -258,3 +258,31 @@ def test_a_mask_value_that_is_no_class(shapes_seg, tmp_path, capsys):
     Image.fromarray(values, mode="L").save(mask)
     message = error_of(argv, capsys)
     assert "001.png" in message and "mask value 9" in message
+
+
+def test_fused_attention_trains_like_the_reference(tmp_path, monkeypatch):
+    """The fused separable attention in training (Triton, under the interpreter on the CPU; on a GPU
+    ``--implementation fused`` picks it): its forward and backward run, and the run matches the reference run."""
+    from mobilevitv2_kernels import backends
+
+    if backends.unavailable_reason("triton", "cpu") is not None:
+        pytest.skip(backends.unavailable_reason("triton", "cpu"))
+    make_classification(str(tmp_path / "data"), per_class=(4, 2), size=64)
+    calls = []
+    real = backends.resolve
+
+    def counting(backend, *args, **kwargs):
+        chosen = real(backend, *args, **kwargs)
+        calls.append(chosen)
+        return chosen
+
+    monkeypatch.setattr(backends, "resolve", counting)
+    common = dict(data=str(tmp_path / "data"), width=0.5, epochs=1, image_size=64, batch_size=4, workers=0,
+                  progress=False, optimizer="sgd", lr=0.01, ema_decay=0)  # fmt: skip
+    fused = train(TrainingArguments(out=str(tmp_path / "fused"), implementation="fused", attn_implementation="triton", **common))
+    assert "triton" in calls, f"the fused attention never ran: {set(calls)}"
+    calls.clear()
+    reference = train(TrainingArguments(out=str(tmp_path / "reference"), **common))
+    assert not calls
+    assert fused[0]["train_loss"] == pytest.approx(reference[0]["train_loss"], rel=1e-4)
+    assert_states_close({**saved_state(tmp_path / "fused"), "ema": {}}, {**saved_state(tmp_path / "reference"), "ema": {}}, atol=1e-4)

@@ -39,6 +39,7 @@ class TrainingArguments:
     channels_last: bool | None = None  # default: on GPUs
     compile: bool = False
     implementation: str = "reference"  # "fused": the fused separable attention (it has a backward)
+    attn_implementation: str | None = None  # experts: the attention backend alone ("triton", "cuda", ...)
     sync_batchnorm: bool = True  # BatchNorm statistics over the global batch when there are several processes
     min_scale: float = 0.08  # classification: the smallest random-resized-crop area
     scale_range: tuple[float, float] = (0.5, 2.0)  # segmentation: the random rescale range
@@ -116,7 +117,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="default: on GPUs")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     parser.add_argument("--implementation", choices=["reference", "fused"], default="reference",
-                        help="fused: the fused separable-attention kernels (default: reference PyTorch)")  # fmt: skip
+                        help="fused: the fused separable-attention kernels (default: reference PyTorch)")
+    parser.add_argument("--attn-implementation", choices=["auto", "reference", "triton", "cuda"],
+                        help="the attention backend alone (for experts)")  # fmt: skip
     parser.add_argument("--sync-batchnorm", action=argparse.BooleanOptionalAction, default=True,
                         help="BatchNorm statistics over the global batch under torchrun (default: on)")  # fmt: skip
     parser.add_argument("--workers", type=int, default=d["workers"].default, help="data-loader processes per rank")

@@ -109,7 +109,7 @@ class Run:
 
         # model, weight average, DDP
         model = start.model
-        model.set_implementation("fused" if args.implementation == "fused" else "reference")
+        model.set_implementation(args.implementation, attention=args.attn_implementation)
         if ctx.distributed and args.sync_batchnorm:
             model = sync_batchnorm.convert(model, device.type)
         model.to(device, memory_format=torch.channels_last if self.channels_last else torch.preserve_format)
