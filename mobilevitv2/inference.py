@@ -12,6 +12,11 @@ field naming the file, and the caller decides whether to skip it or to fail.
 >>> processor = MobileViTV2ImageProcessor.from_pretrained(directory)
 >>> for record in predict_files(model, processor, ["a.jpg", "b.png"], top_k=3):
 ...     print(record["image"], record["predictions"][0]["label"])
+
+``runtime`` runs the forward passes elsewhere than in ``model`` itself: "onnxruntime", "openvino" or
+"executorch" export the model once per preprocessed input size (cached, :func:`mobilevitv2.runtimes.load`)
+and run it on the CPU in fp32; a callable ``forward(pixel_values) -> logits`` is used as it is (e.g.
+``runtimes.PerInputSize("openvino", model, precision="bf16")``).
 """
 
 from __future__ import annotations
@@ -29,10 +34,12 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from mobilevitv2 import runtimes
 from mobilevitv2.distributed import Context, ShardSampler
 from mobilevitv2.image_files import expand_inputs, read_image
 
 FORMATS = ("jsonl", "csv")
+Forward = Callable[[torch.Tensor], torch.Tensor]
 
 
 def default_workers() -> int:
@@ -122,15 +129,17 @@ def run_batches(
     progress: bool | None = False,
     keep_images: bool = False,
     desc: str | None = None,
+    forward: Forward | None = None,
 ) -> Iterator[tuple[Item, Any]]:
     """(item, result) for each image of this rank's shard of ``paths``, in input order. Within each batch the
-    images are grouped by the shape of their pixel values, never padded, and each group is one forward pass;
+    images are grouped by the shape of their pixel values, never padded, and each group is one forward pass
+    (``model(pixel_values).logits``, or ``forward(pixel_values)`` on CPU pixel values when given);
     ``finish(logits, items)`` turns a group's logits into one result per image. An image that could not be
     read comes with ``item.error`` set and result None."""
     ctx = ctx or Context()
     if batch_size < 1:
         raise ValueError(f"the batch size must be at least 1, got {batch_size}")
-    device = next(model.parameters()).device
+    device = next(model.parameters()).device if forward is None else torch.device("cpu")
     sampler = ShardSampler(len(paths), ctx)
     batches = -(-len(sampler) // batch_size)
     loader = DataLoader(
@@ -149,7 +158,7 @@ def run_batches(
             for positions in groups.values():
                 pixel_values = torch.stack([batch[p].pixel_values for p in positions]).to(device, non_blocking=True)
                 with torch.no_grad():
-                    logits = model(pixel_values).logits
+                    logits = model(pixel_values).logits if forward is None else forward(pixel_values)
                 for position, result in zip(positions, finish(logits, [batch[p] for p in positions])):
                     results[position] = result
             for item, result in zip(batch, results):
@@ -159,6 +168,17 @@ def run_batches(
     finally:
         if bar is not None:
             bar.close()
+
+
+def runtime_forward(model: torch.nn.Module, runtime: str | Forward | None, cache_dir: str | None = None) -> Forward | None:
+    """The forward pass for ``runtime``: None for "torch" (or None: ``model`` itself, on its device), a
+    :class:`mobilevitv2.runtimes.PerInputSize` for an exported runtime (raises at once when it is not
+    installed), or ``runtime`` itself when it is a callable."""
+    if runtime is None or runtime == "torch":
+        return None
+    if callable(runtime):
+        return runtime
+    return runtimes.PerInputSize(runtime, model, cache_dir=cache_dir)
 
 
 # ----- classification ----------------------------------------------------------------------------------------
@@ -172,10 +192,15 @@ def predict_files(
     top_k: int = 5,
     ctx: Context | None = None,
     progress: bool | None = False,
+    runtime: str | Forward | None = None,
+    cache_dir: str | None = None,
 ) -> Iterator[dict[str, Any]]:
     """One record per image of this rank's shard, in input order: ``{"image": path, "predictions": [{"index",
     "label", "probability"}, ...]}`` (the ``top_k`` most probable classes, most probable first, probabilities
-    rounded to 6 decimals), or ``{"image": path, "error": message}`` for an image that could not be read."""
+    rounded to 6 decimals), or ``{"image": path, "error": message}`` for an image that could not be read.
+    ``runtime``: "torch" (default), "onnxruntime", "openvino", "executorch" or a callable (module docstring);
+    ``cache_dir``: where exports are cached (default :func:`mobilevitv2.runtimes.default_cache_dir`)."""
+    forward = runtime_forward(model, runtime, cache_dir)
     k = max(1, min(top_k, model.config.num_labels))
     id2label = model.config.id2label
 
@@ -188,7 +213,7 @@ def predict_files(
 
     for item, predictions in run_batches(
         model, processor, paths, finish, batch_size=batch_size, num_workers=num_workers, ctx=ctx,
-        progress=progress, desc="predict",
+        progress=progress, desc="predict", forward=forward,
     ):  # fmt: skip
         if item.error is not None:
             yield {"image": item.path, "error": item.error}
@@ -314,12 +339,16 @@ def segment_files(
     ctx: Context | None = None,
     progress: bool | None = False,
     keep_images: bool = False,
+    runtime: str | Forward | None = None,
+    cache_dir: str | None = None,
 ) -> Iterator[dict[str, Any]]:
     """One record per image of this rank's shard, in input order: ``{"image": path, "mask": (H, W) int64
     array of class indices at the image's own size}`` (plus ``"pixels"``, the image as read, with
     ``keep_images``), or ``{"image": path, "error": message}``. ``processor`` should not crop (set
     ``do_center_crop = False``) for the mask to cover the whole image. Images whose preprocessed sizes differ
-    go through the model separately, so each mask is the one the image gets alone."""
+    go through the model separately, so each mask is the one the image gets alone. ``runtime`` and
+    ``cache_dir`` as in :func:`predict_files`; an exported runtime exports once per preprocessed size."""
+    forward = runtime_forward(model, runtime, cache_dir)
 
     def finish(logits: torch.Tensor, items: list[Item]) -> list[np.ndarray]:
         masks = processor.post_process_semantic_segmentation(logits, target_sizes=[item.size for item in items])
@@ -327,7 +356,7 @@ def segment_files(
 
     for item, mask in run_batches(
         model, processor, paths, finish, batch_size=batch_size, num_workers=num_workers, ctx=ctx,
-        progress=progress, keep_images=keep_images, desc="segment",
+        progress=progress, keep_images=keep_images, desc="segment", forward=forward,
     ):  # fmt: skip
         if item.error is not None:
             yield {"image": item.path, "error": item.error}
