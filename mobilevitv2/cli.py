@@ -1,4 +1,4 @@
-"""The ``mobilevitv2`` command: predict, segment, convert, export-onnx, bench.
+"""The ``mobilevitv2`` command: predict, segment, convert, export (export-onnx), bench.
 
 Every user error (a missing file, an unreadable image, a checkpoint that does not fit the command, an
 unreachable Hub) ends in one line on stderr and exit status 1, never a traceback.
@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mobilevitv2 import distributed, inference
+from mobilevitv2 import distributed, inference, runtimes
 from mobilevitv2.config import MobileViTV2Config
 from mobilevitv2.convert import convert_checkpoint
 from mobilevitv2.image_files import IMAGE_EXTENSIONS, ImageReadError
@@ -24,7 +24,7 @@ from mobilevitv2.image_processing import PREPROCESSOR_CONFIG_NAME, MobileViTV2Im
 from mobilevitv2.inference import palette
 from mobilevitv2.loading import CheckpointError, resolve_directory
 from mobilevitv2.models import MobileViTV2ForImageClassification, MobileViTV2ForSemanticSegmentation
-from mobilevitv2.onnx_export import OPSET, export_onnx, max_abs_difference, onnx_op_types
+from mobilevitv2.onnx_export import OPSET, onnx_op_types
 from mobilevitv2_kernels import BackendUnavailableError
 
 PROG = "mobilevitv2"
@@ -156,6 +156,12 @@ def _report_skipped(ctx: distributed.Context, command: str, skipped: int) -> Non
         print(f"{PROG} {command}: skipped {skipped} unreadable image{plural} (--strict to stop at the first)", file=sys.stderr)
 
 
+def _runtime_device(args: argparse.Namespace, ctx: distributed.Context):
+    """Where the model loads: the rank's device for --runtime torch; the CPU for an exported runtime (the
+    export copies it to the CPU anyway)."""
+    return ctx.device if args.runtime == "torch" else "cpu"
+
+
 # ----- predict -----------------------------------------------------------------------------------------------
 def cmd_predict(args: argparse.Namespace) -> int:
     ctx = distributed.setup()
@@ -176,13 +182,14 @@ def _predict(args: argparse.Namespace, ctx: distributed.Context) -> int:
     elif args.format is not None:
         raise UsageError("--format goes with --output FILE")
     _check_loader_options(args)
+    runtimes.require(args.runtime)  # a missing runtime before any work
     paths = [path for path, _ in _list_inputs(args.images, ctx)]  # before loading the model
-    model, directory = _load_model(args.model, "classification", args, device=ctx.device)
+    model, directory = _load_model(args.model, "classification", args, device=_runtime_device(args, ctx))
     processor = _processor(directory, "classification", quiet=not ctx.is_main)
     k = max(1, min(args.top_k, model.config.num_labels))
     records = inference.predict_files(
         model, processor, paths, batch_size=args.batch_size, num_workers=args.workers, top_k=k, ctx=ctx,
-        progress=args.progress,
+        progress=args.progress, runtime=args.runtime,
     )  # fmt: skip
     target = None
     if args.output is not None:
@@ -275,9 +282,10 @@ def _segment(args: argparse.Namespace, ctx: distributed.Context) -> int:
             if folder is not None and os.path.isfile(folder):
                 raise UsageError(f"{folder} is a file; {option} needs a folder when segmenting a folder or several images")
     _check_loader_options(args)
+    runtimes.require(args.runtime)  # a missing runtime before any work
     listed = _list_inputs(args.images, ctx)  # before loading the model
     targets = [(args.out, args.overlay)] if one_file else _mask_targets(listed, args.out, args.overlay_dir)
-    model, directory = _load_model(args.model, "segmentation", args, device=ctx.device)
+    model, directory = _load_model(args.model, "segmentation", args, device=_runtime_device(args, ctx))
     # The whole image, resized but not cropped, so the mask covers every pixel of it.
     processor = _processor(directory, "segmentation", quiet=not ctx.is_main)
     processor.do_center_crop = False
@@ -286,7 +294,7 @@ def _segment(args: argparse.Namespace, ctx: distributed.Context) -> int:
     with_overlays = bool(args.overlay or args.overlay_dir)
     records = inference.segment_files(
         model, processor, [path for path, _ in listed], batch_size=args.batch_size, num_workers=args.workers,
-        ctx=ctx, progress=False if one_file else args.progress, keep_images=with_overlays,
+        ctx=ctx, progress=False if one_file else args.progress, keep_images=with_overlays, runtime=args.runtime,
     )  # fmt: skip
     written, skipped, error = 0, 0, None
     try:
@@ -352,22 +360,39 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
-# ----- export-onnx -------------------------------------------------------------------------------------------
-def cmd_export_onnx(args: argparse.Namespace) -> int:
+# ----- export (export-onnx) ---------------------------------------------------------------------------------
+def cmd_export(args: argparse.Namespace) -> int:
     directory = resolve_directory(args.model)
     config = MobileViTV2Config.from_pretrained(directory)
     segmentation = any("segmentation" in a.lower() for a in config.architectures or [])
     cls = MobileViTV2ForSemanticSegmentation if segmentation else MobileViTV2ForImageClassification
     model = cls.from_pretrained(directory, implementation="reference")
-    export_onnx(model, args.out, height=args.height, width=args.width, opset=args.opset)
-    line = f"wrote {args.out} (opset {args.opset}, input pixel_values [batch, {config.num_channels}, {args.height}, {args.width}])"
+    fmt, compression = args.format, args.compression
+    files = runtimes.export(model, args.out, fmt, args.height, args.width, compression=compression, opset=args.opset)
+    shape = f"[{'batch' if fmt != 'executorch' else runtimes.EXECUTORCH_BATCH}, {config.num_channels}, {args.height}, {args.width}]"
+    what = {
+        "onnx": f"opset {args.opset}",
+        "openvino": f"OpenVINO IR, {compression or 'fp32'} weights",
+        "executorch": "ExecuTorch, XNNPACK delegate, fp32",
+    }[fmt]
+    line = f"wrote {' and '.join(files)} ({what}, input pixel_values {shape})"
+    runtime = runtimes.RUNTIME_OF_FORMAT[fmt]
     try:
-        ops = onnx_op_types(args.out)
-        error = max_abs_difference(model, args.out, torch.rand(2, config.num_channels, args.height, args.width))
-    except ImportError:
-        print(line + '; pip install "mobilevitv2[onnx]" to check it with onnxruntime', file=sys.stderr)
+        forward = runtimes.open_exported(runtime, files[0])
+    except runtimes.MissingRuntimeError:  # only onnxruntime can be missing here: the others exported the file
+        print(line + f'; pip install "mobilevitv2[{runtimes.EXTRAS[runtime]}]" to check it with {runtime}', file=sys.stderr)
         return 0
-    print(f"{line}; {len(ops)} op types; onnxruntime vs PyTorch max |diff| {error:.2e}")
+    pixel_values = torch.rand(2, config.num_channels, args.height, args.width, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = model(pixel_values).logits
+    error = (forward(pixel_values) - expected).abs().max().item()
+    if fmt == "onnx":
+        try:
+            line += f"; {len(onnx_op_types(files[0]))} op types"
+        except ImportError:  # the op count needs the onnx package
+            pass
+    precision = " (f32 inference precision)" if fmt == "openvino" else ""
+    print(f"{line}; {runtime}{precision} vs PyTorch fp32 max |diff| {error:.2e}")
     return 0
 
 
@@ -396,6 +421,10 @@ def build_parser() -> argparse.ArgumentParser:
     workers_help = f"DataLoader processes that read and preprocess images (default {inference.default_workers()}: min(4, CPU cores))"
     progress_help = "a progress bar on stderr (default: when stderr is a terminal)"
     strict_help = "stop at the first unreadable image (default: skip it, count it and go on)"
+    runtime_help = (
+        "torch (default: the model itself, on the GPU when there is one), or an export run on the CPU in fp32: "
+        "onnxruntime, openvino, executorch (exported once per preprocessed size, cached in $MOBILEVITV2_CACHE)"
+    )
 
     p = sub.add_parser(
         "predict", help="top-k labels for images or folders of images with an image-classification checkpoint",
@@ -410,6 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--conv-implementation", help=conv_help, **fused)
     p.add_argument("--transformer-implementation", help=transformer_help, **fused)
     p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--runtime", choices=runtimes.RUNTIMES, default="torch", help=runtime_help)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table (without --output)")
     p.add_argument("--output", metavar="FILE", help="write one record per image to FILE as the batches finish (.jsonl or .csv)")
     p.add_argument("--format", choices=inference.FORMATS, help="the --output format (default: from its extension)")
@@ -433,6 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overlay", metavar="FILE", help="with one image: also write it with the class colours blended over it")
     p.add_argument("--overlay-dir", metavar="FOLDER", help="with --out FOLDER: also write the overlays here, named as the masks")
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the class colours (default 0.5)")
+    p.add_argument("--runtime", choices=runtimes.RUNTIMES, default="torch", help=runtime_help)
     p.add_argument("--implementation", **preset)
     p.add_argument("--attn-implementation", **attn)
     p.add_argument("--conv-implementation", help=conv_help, **fused)
@@ -466,13 +497,30 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.set_defaults(func=cmd_convert)
 
-    p = sub.add_parser("export-onnx", help="ONNX export of the reference path (opset 17, dynamic batch)")
+    p = sub.add_parser(
+        "export", help="export for a CPU runtime: ONNX, OpenVINO IR or an ExecuTorch program (XNNPACK)",
+        description="Writes the reference path for one input size and prints the exported model's largest "
+        "logit difference from the PyTorch fp32 model on a random batch (and the ONNX op-type count).",
+    )  # fmt: skip
+    p.add_argument("--model", required=True, help=model_help)
+    p.add_argument("--format", required=True, choices=runtimes.FORMATS)
+    p.add_argument("--out", required=True, help="output file: .onnx, .xml (its .bin beside it) or .pte")
+    p.add_argument("--height", type=int, default=256)
+    p.add_argument("--width", type=int, default=256)
+    p.add_argument(
+        "--compression", choices=runtimes.COMPRESSIONS,
+        help="openvino only: fp16 or int8 (nncf, per-channel) weights, computed in fp32 (default: fp32 weights)",
+    )  # fmt: skip
+    p.add_argument("--opset", type=int, default=OPSET, help=f"onnx and openvino: the ONNX opset (default {OPSET})")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("export-onnx", help="ONNX export of the reference path (opset 17, dynamic batch): export --format onnx")
     p.add_argument("--model", required=True, help=model_help)
     p.add_argument("--out", required=True, help="output .onnx file")
     p.add_argument("--height", type=int, default=256)
     p.add_argument("--width", type=int, default=256)
     p.add_argument("--opset", type=int, default=OPSET)
-    p.set_defaults(func=cmd_export_onnx)
+    p.set_defaults(func=cmd_export, format="onnx", compression=None)
 
     sub.add_parser("bench", help="benchmark the implementations (options: mobilevitv2 bench --help)", add_help=False)
     return parser
