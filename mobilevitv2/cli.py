@@ -511,7 +511,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--compression", choices=runtimes.COMPRESSIONS,
         help="openvino only: fp16 or int8 (nncf, per-channel) weights, computed in fp32 (default: fp32 weights)",
     )  # fmt: skip
-    p.add_argument("--opset", type=int, default=OPSET, help=f"onnx and openvino: the ONNX opset (default {OPSET})")
+    p.add_argument("--opset", type=int, default=OPSET, help=f"onnx only: the ONNX opset (default {OPSET})")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("export-onnx", help="ONNX export of the reference path (opset 17, dynamic batch): export --format onnx")

@@ -145,8 +145,9 @@ def export(
     ``format``; returns the files written, ``path`` first.
 
     * ``"onnx"``: :func:`mobilevitv2.onnx_export.export_onnx` (opset ``opset``, dynamic batch).
-    * ``"openvino"``: the ONNX file converted by ``openvino.convert_model`` and saved as IR (``path`` .xml and
-      its .bin) with fp32 weights, or ``compression="fp16"`` / ``"int8"`` compressed weights.
+    * ``"openvino"``: :func:`~mobilevitv2.onnx_export.exportable_copy` converted by ``openvino.convert_model``
+      (dynamic batch) and saved as IR (``path`` .xml and its .bin) with fp32 weights, or
+      ``compression="fp16"`` / ``"int8"`` compressed weights.
     * ``"executorch"``: ``torch.export`` of :func:`~mobilevitv2.onnx_export.exportable_copy` for a batch of
       1, lowered with the XNNPACK partitioner (fp32), written as a ``.pte`` program.
     """
@@ -156,26 +157,27 @@ def export(
     if format == "onnx":
         export_onnx(model, path, height=height, width=width, opset=opset)
     elif format == "openvino":
-        _export_openvino(model, path, height, width, compression, opset)
+        _export_openvino(model, path, height, width, compression)
     else:
         _export_executorch(model, path, height, width)
     return exported_files(path, format)
 
 
-def _export_openvino(model, path: str, height: int, width: int, compression: str | None, opset: int) -> None:
+def _export_openvino(model, path: str, height: int, width: int, compression: str | None) -> None:
     if not path.endswith(".xml"):
         raise ValueError(f"{path}: an OpenVINO IR file name ends with .xml (the weights go beside it as .bin)")
     ov = require("openvino")
     nncf = require("nncf") if compression == "int8" else None
-    with tempfile.TemporaryDirectory() as tmp:
-        onnx_path = export_onnx(model, os.path.join(tmp, "model.onnx"), height=height, width=width, opset=opset)
-        with _quiet():
-            ov_model = ov.convert_model(onnx_path)
-            if nncf is not None:
-                with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):  # its progress bar
-                    ov_model = nncf.compress_weights(ov_model, mode=nncf.CompressWeightsMode.INT8_ASYM)
-            # save_model stores fp16 weights unless told otherwise: fp32 is the default here.
-            ov.save_model(ov_model, path, compress_to_fp16=compression == "fp16")
+    wrapper = _TensorOutputs(exportable_copy(model, height, width)).eval()
+    channels = model.config.num_channels
+    with _quiet(), torch.no_grad():
+        # From the module itself (no ONNX file in between), the batch left dynamic.
+        ov_model = ov.convert_model(wrapper, example_input=torch.zeros(1, channels, height, width), input=[(-1, channels, height, width)])
+        if nncf is not None:
+            with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):  # its progress bar
+                ov_model = nncf.compress_weights(ov_model, mode=nncf.CompressWeightsMode.INT8_ASYM)
+        # save_model stores fp16 weights unless told otherwise: fp32 is the default here.
+        ov.save_model(ov_model, path, compress_to_fp16=compression == "fp16")
 
 
 def _export_executorch(model, path: str, height: int, width: int) -> None:
@@ -325,7 +327,7 @@ def default_cache_dir() -> str:
 
 
 def _runtime_versions(format: str, compression: str | None) -> dict[str, str | None]:
-    distributions = {"onnx": ["onnx"], "openvino": ["openvino", "onnx"], "executorch": ["executorch"]}[format]
+    distributions = {"onnx": ["onnx"], "openvino": ["openvino"], "executorch": ["executorch"]}[format]
     if compression == "int8":
         distributions.append("nncf")
     return {name: _version(name) for name in distributions}
@@ -345,7 +347,7 @@ def cache_key(model: torch.nn.Module, height: int, width: int, format: str, comp
         "width": int(width),
         "format": format,
         "compression": compression,
-        "opset": OPSET if format in ("onnx", "openvino") else None,
+        "opset": OPSET if format == "onnx" else None,
         "executorch_batch": EXECUTORCH_BATCH if format == "executorch" else None,
         "torch": torch.__version__,
         "mobilevitv2": __version__,
