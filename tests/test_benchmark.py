@@ -556,3 +556,22 @@ def test_training_suite_runs_ours_against_transformers(tmp_path, monkeypatch):
     rows = json.loads((tmp_path / "training.json").read_text())["results"]
     assert [r["provider"] for r in rows] == ["transformers eager", "ours eager"]
     assert all(r["error"] is None and r["ms"] > 0 and "train step" in r["group"] and "peak_mib" in r for r in rows)
+
+
+def test_cpu_suite_compares_what_a_cpu_user_would_pick(tmp_path, capsys):
+    """The CPU comparison on tiny shapes: every provider that is installed runs, is checked against ours
+    eager fp32 before it is timed (its error printed), and those not installed get a one-line note; then
+    separable vs multi-head attention over N."""
+    from mobilevitv2.bench import cpu
+
+    cases = cpu.cpu_cases(CPU, quick=True)
+    err = capsys.readouterr().err
+    providers, notes = cpu.available_cpu_providers(native_bf16=False)
+    assert any("no native bf16" in n for n in notes) and all(n.count("\n") == 0 for n in notes)
+    assert any(c.group.startswith("attention N=") and c.provider == "multi-head SDPA" for c in cases)
+    model_cases = [c for c in cases if c.group.startswith("CPU model")]
+    assert {c.provider for c in model_cases} >= {"ours eager"}
+    results = harness.run_cases(model_cases, CPU, reps=1, progress=False)
+    assert [r.error for r in results] == [None] * len(results), results
+    err = capsys.readouterr().err
+    assert err.count("vs ours eager fp32") == len(model_cases)

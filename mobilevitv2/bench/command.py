@@ -18,8 +18,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="mobilevitv2 bench",
         description="Run the default benchmark sweep on this machine's device (GPU: the attention core at the three "
-        "stage shapes and width 1.0 at batch 1 and 256 in fp16, against transformers eager and compiled; CPU: a "
-        "one-minute fp32 version) and write a JSON, a CSV and a text table with the device, versions and commit "
+        "stage shapes and width 1.0 at batch 1 and 256 in fp16, against transformers eager and compiled; CPU: what a "
+        "CPU user would pick, transformers eager and compiled, ours eager and our CPU path, ONNX Runtime, OpenVINO "
+        "and ExecuTorch where installed, at batch 1 and 8, and separable vs multi-head attention over N) and write a JSON, a CSV and a text table with the device, versions and commit "
         "(rewritten after every case).",
     )
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda if present)")
@@ -33,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         "attention over N, fp16 batch 256 vs transformers compiled, batch 1 vs reduce-overhead); training: training steps "
         "of ours (eager, fused attention, compiled) vs transformers eager and compiled (GPU: width 1.0 bf16 batch 128)",
     )  # fmt: skip
-    parser.add_argument("--quick", action="store_true", help="with --suite targets or training: tiny shapes, nothing compiled")
+    parser.add_argument("--quick", action="store_true", help="with --suite targets, training or cpu: tiny shapes, nothing compiled")
     args = parser.parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     env = environment(device)

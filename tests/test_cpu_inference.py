@@ -1,0 +1,49 @@
+"""The fastest PyTorch CPU path (mobilevitv2.cpu_inference): Inductor with freezing in channels-last, equal to
+the reference in fp32; bf16 only when asked for, within its stated error; clear errors for bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mobilevitv2 import MobileViTV2Config, MobileViTV2ForImageClassification
+from mobilevitv2.cpu_inference import CPUInference, cpu_has_native_bf16
+from model_utils import assert_nontrivial, randomize_
+
+
+@pytest.fixture(scope="module")
+def model():
+    return randomize_(MobileViTV2ForImageClassification(MobileViTV2Config.from_width(0.5, num_labels=10)), seed=3).eval()
+
+
+def test_fp32_equals_the_reference(model):
+    x = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = model(x).logits
+    assert_nontrivial(expected, "reference logits")
+    fast = CPUInference(model)
+    got = fast(x)
+    assert got.dtype == torch.float32 and got.shape == expected.shape
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fast(x[:1]), expected[:1], atol=1e-5, rtol=1e-5)  # another batch size
+    with torch.no_grad():  # the caller's model is untouched (the compiled copy owns its weights)
+        torch.testing.assert_close(model(x).logits, expected, atol=0, rtol=0)
+
+
+@pytest.mark.skipif(not cpu_has_native_bf16(), reason="this CPU has no native bf16")
+def test_bf16_is_explicit_and_within_its_error(model):
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = model(x).logits
+    got = CPUInference(model, precision="bf16")(x)
+    assert got.dtype == torch.float32
+    error = (got - expected).norm() / expected.norm()
+    assert 0 < error < 5e-2, error  # bf16 rounding (8-bit mantissa) through the whole network
+
+
+def test_bad_input(model):
+    with pytest.raises(ValueError, match="precision"):
+        CPUInference(model, precision="fp16")
+    fast = CPUInference(model)
+    with pytest.raises(ValueError, match=r"shape \(3, 64, 64\)"):
+        fast(torch.rand(3, 64, 64))
