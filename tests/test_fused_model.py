@@ -1,20 +1,47 @@
-"""The attn_implementation flag: the fused path (registered unfold / separable attention / fold ops) against
-the eager model, forward and backward, both heads, every output stride, non-divisible sizes, compile.
+"""The model with its fusions against the eager model: attn_implementation (the registered unfold /
+separable attention / fold ops: forward and backward, both heads, every output stride, non-divisible sizes,
+compile), conv_implementation (the fused inverted residual, inference only) and transformer_implementation
+(the fused transformer layer, inference only): outputs, the eager fallback for training and gradients,
+torch.compile, the options themselves.
 
-On the CPU the fused path runs the Triton kernels through the interpreter; on a GPU (tests marked
-``gpu``) it runs them for real, and the CUDA backend too where it builds."""
+On the CPU the fused paths run the Triton kernels through the interpreter; on a GPU (tests marked ``gpu``)
+they run them for real, and the CUDA backend too where it builds. The ops themselves, on every backend, are
+tested in tests/ops/.
+"""
 
 import pytest
 import torch
 
-import mobilevitv2_kernels
+import mobilevitv2_kernels as mk
 from mobilevitv2 import MobileViTV2Config, MobileViTV2ForImageClassification, MobileViTV2ForSemanticSegmentation
-from model_utils import assert_close_fp32, assert_nontrivial, max_abs_diff, randomize_
+from mobilevitv2.blocks import MobileViTV2TransformerLayer
+from mobilevitv2.layers import MobileViTV2InvertedResidual
+from model_utils import (
+    assert_close_fp32,
+    assert_nontrivial,
+    compile_recording_ops,
+    fused_model_pair,
+    max_abs_diff,
+    randomize_,
+    record_op_calls,
+)
+
+# Every allocation starts as NaN; seeded inputs; float32 parity needs true float32 convolutions and matmuls
+# on a GPU (cuDNN uses TF32 by default).
+pytestmark = pytest.mark.usefixtures("nan_allocations", "manual_seed", "ieee_fp32")
 
 CPU_FUSED = "triton"  # runs on CPU tensors under TRITON_INTERPRET=1 (tests/conftest.py)
-needs_cpu_triton = pytest.mark.skipif(
-    "triton" not in mobilevitv2_kernels.available_backends("cpu"), reason="triton (interpreter) not available"
-)
+
+
+def _needs_cpu_triton(op=None):
+    return pytest.mark.skipif(
+        "triton" not in mk.available_backends("cpu", op=op), reason="triton (interpreter) not available"
+    )
+
+
+needs_cpu_triton = _needs_cpu_triton()
+needs_cpu_triton_convs = _needs_cpu_triton("inverted_residual")
+needs_cpu_triton_layers = _needs_cpu_triton("transformer_layer")
 gpu = pytest.mark.gpu
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -31,7 +58,7 @@ def pair(cls, seed=0, **config_kwargs):
 def gpu_backends():
     if not torch.cuda.is_available():
         return []
-    return [b for b in mobilevitv2_kernels.available_backends("cuda") if b != "reference"]
+    return [b for b in mk.available_backends("cuda") if b != "reference"]
 
 
 @needs_cpu_triton
@@ -90,13 +117,13 @@ def test_training_step_gradients_match_cpu():
 def test_fused_path_calls_the_registered_ops(monkeypatch):
     """The fused path must really run the registered ops (and the eager path must not)."""
     calls = []
-    real = mobilevitv2_kernels.separable_attention
+    real = mk.separable_attention
 
     def spy(qkv, backend="auto"):
         calls.append(backend)
         return real(qkv, backend)
 
-    monkeypatch.setattr(mobilevitv2_kernels, "separable_attention", spy)
+    monkeypatch.setattr(mk, "separable_attention", spy)
     eager, fused = pair(MobileViTV2ForImageClassification, num_labels=2)
     fused.set_attn_implementation(CPU_FUSED)
     with torch.no_grad():
@@ -110,8 +137,8 @@ def test_auto_is_eager_on_cpu(monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("auto must not use the kernel ops on the CPU")
 
-    monkeypatch.setattr(mobilevitv2_kernels, "separable_attention", fail)
-    monkeypatch.setattr(mobilevitv2_kernels, "unfold", fail)
+    monkeypatch.setattr(mk, "separable_attention", fail)
+    monkeypatch.setattr(mk, "unfold", fail)
     model = MobileViTV2ForImageClassification(MobileViTV2Config.from_width(0.5, num_labels=2)).eval()
     assert model.attn_implementation == "auto"
     with torch.no_grad():
@@ -121,7 +148,7 @@ def test_auto_is_eager_on_cpu(monkeypatch):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without a GPU")
 def test_unavailable_choice_names_what_is_available():
     model = MobileViTV2ForImageClassification(MobileViTV2Config.from_width(0.5, num_labels=2))
-    with pytest.raises(mobilevitv2_kernels.BackendUnavailableError, match=r"attn_implementation='cuda' cannot run .*available: \['auto', 'reference'"):
+    with pytest.raises(mk.BackendUnavailableError, match=r"attn_implementation='cuda' cannot run .*available: \['auto', 'reference'"):
         model.set_attn_implementation("cuda")
     with pytest.raises(ValueError, match="must be one of"):
         model.set_attn_implementation("flash")
@@ -151,17 +178,10 @@ def test_compile_fullgraph_traces_the_fused_ops_cpu():
 # ----- on a GPU, for real -----------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def exact_fp32(monkeypatch):
-    """fp32 parity at 1e-5 needs true fp32 convolutions and matmuls (cuDNN uses TF32 by default)."""
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
-
-
 @gpu
 @needs_gpu
 @pytest.mark.parametrize("backend", gpu_backends() or ["none"])
-def test_gpu_fused_fp32_and_low_precision(backend, exact_fp32):
+def test_gpu_fused_fp32_and_low_precision(backend):
     if backend == "none":
         pytest.skip("no fused backend on this GPU machine")
     eager, fused = pair(MobileViTV2ForImageClassification, num_labels=10)
@@ -181,7 +201,7 @@ def test_gpu_fused_fp32_and_low_precision(backend, exact_fp32):
 @gpu
 @needs_gpu
 @pytest.mark.parametrize("backend", gpu_backends() or ["none"])
-def test_gpu_training_step_and_compile(backend, exact_fp32):
+def test_gpu_training_step_and_compile(backend):
     if backend == "none":
         pytest.skip("no fused backend on this GPU machine")
     eager, fused = pair(MobileViTV2ForSemanticSegmentation, num_labels=4, output_stride=16)
@@ -218,7 +238,7 @@ GPU_TASKS = {
 @needs_gpu
 @pytest.mark.parametrize("task", list(GPU_TASKS))
 @pytest.mark.parametrize("backend", gpu_backends() or ["none"])
-def test_gpu_every_fusion_matches_eager(task, backend, exact_fp32):
+def test_gpu_every_fusion_matches_eager(task, backend):
     """Attention on ``backend``, inverted residuals and transformer layers fused (Triton), at inference:
     fp32 within 1e-5 of the eager model, fp16/bf16 within twice the eager model's own error against fp32."""
     if backend == "none":
@@ -237,4 +257,323 @@ def test_gpu_every_fusion_matches_eager(task, backend, exact_fp32):
             eager_err = max_abs_diff(eager.to(dtype)(x.to(dtype)).logits, reference)
             fused_err = max_abs_diff(fused.to(dtype)(x.to(dtype)).logits, reference)
             assert fused_err <= 2 * eager_err + 1e-3, f"{task} {backend} {dtype}: {fused_err} vs eager's own {eager_err}"
+            eager.float(), fused.float()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# conv_implementation: the fused inverted residual in the model
+# ----------------------------------------------------------------------------------------------------------
+
+
+def conv_model_pair(cls, seed=0, **config_kwargs):
+    return fused_model_pair(cls, "conv_implementation", seed, **config_kwargs)
+
+
+@pytest.fixture
+def conv_op_calls(monkeypatch):
+    """Records the backend of every call of the fused op from the model."""
+    return record_op_calls(monkeypatch, "inverted_residual")
+
+
+@pytest.fixture
+def kernel_variants(monkeypatch):
+    """Records the kernel variant the Triton launcher picks at every call (the op passes variant=None)."""
+    from mobilevitv2_kernels import backends
+    from mobilevitv2_kernels.triton_kernels import inverted_residual as ir
+
+    # The kernel's first-use check (once per process and dtype) launches it on its own case: settled here,
+    # before the recording starts, so that only the model's launches are recorded.
+    assert backends.check_failure("triton", "inverted_residual", "cpu", None, torch.float32) is None
+    picked = []
+    real = ir.choose_variant
+
+    def spy(stride, variant=None):
+        picked.append((stride, real(stride, variant)))
+        return picked[-1][1]
+
+    monkeypatch.setattr(ir, "choose_variant", spy)
+    return picked
+
+
+@needs_cpu_triton_convs
+def test_classification_fused_convs_match_eager(conv_op_calls, kernel_variants):
+    eager, fused = conv_model_pair(MobileViTV2ForImageClassification, num_labels=5)
+    fused.set_attn_implementation("triton")
+    assert list(eager.state_dict()) == list(fused.state_dict())  # no new keys
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = eager(x, output_hidden_states=True)
+        got = fused(x, output_hidden_states=True)
+    # stage 1 (1), stage 2 (2), then per stage 3-5 the down-sampling block and the local convs (no expand)
+    assert conv_op_calls == ["triton"] * 9
+    # the automatic (provisional) rule: the halo kernel for the two stride-1 blocks, recompute for the rest;
+    # the local convs (no expand conv) always run recompute
+    assert kernel_variants == [(1, "halo"), (2, "recompute"), (1, "halo")] + [(2, "recompute"), (1, "recompute")] * 3
+    assert_nontrivial(expected.logits, "eager logits")
+    assert_close_fp32(got.logits, expected.logits, "logits")
+    for i, (g, e) in enumerate(zip(got.hidden_states, expected.hidden_states)):
+        assert_close_fp32(g, e, f"hidden state {i}")
+
+
+@needs_cpu_triton_convs
+@pytest.mark.parametrize("output_stride", [16, 8])
+def test_segmentation_dilated_blocks_match_eager(conv_op_calls, kernel_variants, output_stride):
+    """Under OS 16/8 the down-sampling blocks of stages 4-5 run with stride 1 and dilation 1 or 2."""
+    eager, fused = conv_model_pair(MobileViTV2ForSemanticSegmentation, num_labels=3, output_stride=output_stride)
+    fused.set_attn_implementation("triton")
+    dilations = [m.conv_3x3.convolution.dilation[0] for m in fused.modules() if isinstance(m, MobileViTV2InvertedResidual)]
+    assert max(dilations) == (2 if output_stride == 8 else 1)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        expected, got = eager(x).logits, fused(x).logits
+    assert len(conv_op_calls) == 9  # six inverted residuals, three local convs
+    # stride-1 inverted residuals (dilated under OS 8/16) run the halo kernel, the local convs recompute
+    assert [v for _, v in kernel_variants].count("halo") == (4 if output_stride == 8 else 3)
+    assert [v for _, v in kernel_variants].count("recompute") == 9 - (4 if output_stride == 8 else 3)
+    assert all(v == "recompute" for s, v in kernel_variants if s == 2)
+    assert_nontrivial(expected, "eager segmentation logits")
+    assert_close_fp32(got, expected, "segmentation logits")
+
+
+@needs_cpu_triton_convs
+def test_conv_training_and_gradients_fall_back_to_eager(conv_op_calls):
+    """Training mode (batch statistics, with or without gradients) and eval mode with gradients take the
+    eager path: same outputs, gradients and BatchNorm statistics as the eager model; the op is never
+    called."""
+    eager, fused = conv_model_pair(MobileViTV2ForImageClassification, seed=1, num_labels=4)
+    x = torch.randn(2, 3, 64, 64)
+    labels = torch.tensor([1, 3])
+    for train in (True, False):
+        eager.train(train), fused.train(train)
+        eager.zero_grad(), fused.zero_grad()
+        loss_e, loss_f = eager(x, labels=labels).loss, fused(x, labels=labels).loss
+        loss_e.backward(), loss_f.backward()
+        assert abs(loss_e.item() - loss_f.item()) <= 1e-6
+        grads = dict(fused.named_parameters())
+        for name, p in eager.named_parameters():
+            assert_close_fp32(grads[name].grad, p.grad, f"grad of {name} (train={train})")
+    # Training mode without gradients (BatchNorm on batch statistics, updating its running ones) too.
+    eager.train(), fused.train()
+    with torch.no_grad():
+        assert_close_fp32(fused(x).logits, eager(x).logits, "train-mode logits under no_grad")
+    assert conv_op_calls == []
+    bn_e = eager.mobilevitv2.encoder.layer[1].layer[0].conv_3x3.normalization
+    bn_f = fused.mobilevitv2.encoder.layer[1].layer[0].conv_3x3.normalization
+    assert bn_f.num_batches_tracked.item() == bn_e.num_batches_tracked.item() == 2
+    assert_close_fp32(bn_f.running_var, bn_e.running_var, "running_var after the training steps")
+
+
+@needs_cpu_triton_convs
+def test_folding_follows_weight_changes(conv_op_calls):
+    """BatchNorm is folded at every call: changing statistics or weights after a forward is seen."""
+    eager, fused = conv_model_pair(MobileViTV2ForImageClassification, num_labels=3)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        first = fused(x).logits
+        for model in (eager, fused):
+            block = model.mobilevitv2.encoder.layer[1].layer[0]
+            block.conv_3x3.normalization.running_var.mul_(3.0)
+            block.reduce_1x1.convolution.weight.mul_(-1.0)
+        expected, got = eager(x).logits, fused(x).logits
+    assert len(conv_op_calls) == 18  # 2 forwards x (6 inverted residuals + 3 local convs)
+    assert max_abs_diff(first, expected) > 1e-2  # the change matters ...
+    assert_close_fp32(got, expected, "logits after the change")  # ... and the fused model sees it
+
+
+@needs_cpu_triton_convs
+def test_compile_fullgraph_with_fused_convs():
+    """torch.compile(fullgraph=True) traces the model with the fused op (one opaque node per block, through
+    its fake kernel) without graph breaks; aot_eager avoids Inductor's slow CPU code generation."""
+    eager, fused = conv_model_pair(MobileViTV2ForImageClassification, seed=2, num_labels=3)
+    compiled, targets = compile_recording_ops(fused)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        got = compiled(x).logits
+        expected = eager(x).logits
+    assert sum(t == "mobilevitv2.inverted_residual" for t in targets) == 9  # 6 blocks + 3 local convs
+    assert_close_fp32(got, expected, "compiled logits")
+
+
+def test_conv_auto_is_eager_on_cpu(conv_op_calls):
+    model = MobileViTV2ForImageClassification(MobileViTV2Config.from_width(0.5, num_labels=2)).eval()
+    model.set_conv_implementation("auto")
+    assert {m.conv_backend for m in model.modules() if isinstance(m, MobileViTV2InvertedResidual)} == {"auto"}
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 64, 64)).logits.shape == (1, 2)
+    assert conv_op_calls == []
+
+
+def test_conv_implementation_option(tmp_path, monkeypatch):
+    config = MobileViTV2Config.from_width(0.5, num_labels=2)
+    model = MobileViTV2ForImageClassification(config)
+    assert model.conv_implementation == "reference"
+    assert {m.conv_backend for m in model.modules() if isinstance(m, MobileViTV2InvertedResidual)} == {None}
+    with pytest.raises(ValueError, match="conv_implementation must be one of"):
+        model.set_conv_implementation("cuda")
+    with pytest.raises(ValueError, match="conv_implementation must be one of"):
+        MobileViTV2Config(conv_implementation="fused")
+    if not torch.cuda.is_available():
+        monkeypatch.setenv("TRITON_INTERPRET", "0")
+        with pytest.raises(mk.BackendUnavailableError, match=r"conv_implementation='triton' cannot run .*\['auto', 'reference'\]"):
+            model.set_conv_implementation("triton")
+        assert model.conv_implementation == "reference"  # a refused choice changes nothing
+        monkeypatch.delenv("TRITON_INTERPRET")
+    # a runtime choice: never written to config.json, set again on load
+    model.set_conv_implementation("auto")
+    assert "conv_implementation" not in model.config.to_dict()
+    model.save_pretrained(tmp_path)
+    assert "conv_implementation" not in (tmp_path / "config.json").read_text()
+    loaded = MobileViTV2ForImageClassification.from_pretrained(tmp_path, conv_implementation="auto")
+    assert loaded.conv_implementation == "auto"
+    assert {m.conv_backend for m in loaded.modules() if isinstance(m, MobileViTV2InvertedResidual)} == {"auto"}
+    assert MobileViTV2ForImageClassification.from_pretrained(tmp_path).conv_implementation == "reference"
+
+
+@pytest.mark.gpu
+def test_gpu_model_fused_convs():
+    """fp32 exact (TF32 off: ieee_fp32, as the fp32 kernel uses IEEE dots), fp16/bf16 within 2x the eager model's own
+    error, with conv_implementation="auto" (Triton on CUDA) and fused attention."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    if "triton" not in mk.available_backends("cuda", op="inverted_residual"):
+        pytest.skip("triton cannot run on this GPU machine")
+    eager, fused = conv_model_pair(MobileViTV2ForImageClassification, num_labels=10)
+    eager, fused = eager.cuda(), fused.cuda().set_conv_implementation("auto").set_attn_implementation("auto")
+    x = torch.randn(4, 3, 256, 256, device="cuda")
+    with torch.no_grad():
+        expected = eager(x).logits
+        assert_close_fp32(fused(x).logits, expected, "fp32 logits")
+        for dtype in (torch.float16, torch.bfloat16):
+            eager_err = max_abs_diff(eager.to(dtype)(x.to(dtype)).logits, expected)
+            fused_err = max_abs_diff(fused.to(dtype)(x.to(dtype)).logits, expected)
+            assert fused_err <= 2 * eager_err + 1e-3, f"{dtype}: {fused_err} vs eager's own {eager_err}"
+            eager.float(), fused.float()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# transformer_implementation: the fused transformer layer in the model
+# ----------------------------------------------------------------------------------------------------------
+
+
+def layer_model_pair(cls, seed=0, **config_kwargs):
+    return fused_model_pair(cls, "transformer_implementation", seed, **config_kwargs)
+
+
+@pytest.fixture
+def layer_op_calls(monkeypatch):
+    """Records the backend of every call of the fused op from the model."""
+    return record_op_calls(monkeypatch, "transformer_layer")
+
+
+@needs_cpu_triton_layers
+def test_classification_fused_layers_match_eager(layer_op_calls):
+    eager, fused = layer_model_pair(MobileViTV2ForImageClassification, num_labels=5)
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        expected = eager(x).logits
+        got = fused(x).logits
+        everything = fused.set_attn_implementation("triton").set_conv_implementation("triton")(x).logits
+    assert_nontrivial(expected, "eager logits")
+    assert layer_op_calls == ["triton"] * 9 * 2  # 2 + 4 + 3 layers, twice
+    assert_close_fp32(got, expected, "fused transformer layers vs eager")
+    assert_close_fp32(everything, expected, "every fusion vs eager")
+
+
+@needs_cpu_triton_layers
+@pytest.mark.parametrize("output_stride", [16, 8])
+def test_segmentation_matches_eager(layer_op_calls, output_stride):
+    eager, fused = layer_model_pair(MobileViTV2ForSemanticSegmentation, seed=3, num_labels=4, output_stride=output_stride)
+    x = torch.randn(1, 3, 64, 80)
+    with torch.no_grad():
+        expected = eager(x).logits
+        got = fused(x).logits
+    assert_nontrivial(expected, "eager segmentation logits")
+    assert len(layer_op_calls) == 9
+    assert_close_fp32(got, expected, f"segmentation OS {output_stride}")
+
+
+@needs_cpu_triton_layers
+def test_transformer_training_and_gradients_fall_back_to_eager(layer_op_calls):
+    """Training mode (dropout active) and eval mode with gradients take the modules; the op is never called."""
+    eager, fused = layer_model_pair(MobileViTV2ForImageClassification, seed=1, num_labels=4)
+    x = torch.randn(2, 3, 64, 64)
+    labels = torch.tensor([1, 3])
+    for train in (True, False):
+        eager.train(train), fused.train(train)
+        eager.zero_grad(), fused.zero_grad()
+        torch.manual_seed(5)
+        loss_e = eager(x, labels=labels).loss
+        torch.manual_seed(5)
+        loss_f = fused(x, labels=labels).loss
+        loss_e.backward(), loss_f.backward()
+        assert abs(loss_e.item() - loss_f.item()) <= 1e-6
+        grads = dict(fused.named_parameters())
+        for name, p in eager.named_parameters():
+            assert_close_fp32(grads[name].grad, p.grad, f"grad of {name} (train={train})")
+    assert layer_op_calls == []
+
+
+@needs_cpu_triton_layers
+def test_compile_fullgraph_with_fused_layers():
+    """torch.compile(fullgraph=True) traces the model with the fused op (one opaque node per layer, through
+    its fake kernel) without graph breaks; aot_eager avoids Inductor's slow CPU code generation."""
+    eager, fused = layer_model_pair(MobileViTV2ForImageClassification, seed=2, num_labels=3)
+    compiled, targets = compile_recording_ops(fused)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        got = compiled(x).logits
+        expected = eager(x).logits
+    assert sum(t == "mobilevitv2.transformer_layer" for t in targets) == 9
+    assert_close_fp32(got, expected, "compiled logits")
+
+
+def test_transformer_auto_is_eager_on_cpu(layer_op_calls):
+    model = MobileViTV2ForImageClassification(MobileViTV2Config.from_width(0.5, num_labels=2)).eval()
+    model.set_transformer_implementation("auto")
+    assert {m.transformer_backend for m in model.modules() if isinstance(m, MobileViTV2TransformerLayer)} == {"auto"}
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 64, 64)).logits.shape == (1, 2)
+    assert layer_op_calls == []
+
+
+def test_transformer_implementation_option(tmp_path):
+    config = MobileViTV2Config.from_width(0.5, num_labels=2)
+    assert not hasattr(config, "_implementation_choices") or config._implementation_choices == {}
+    with pytest.raises(ValueError, match="transformer_implementation must be one of"):
+        MobileViTV2Config(transformer_implementation="fast")
+    model = MobileViTV2ForImageClassification(config)
+    assert model.transformer_implementation == "reference"
+    assert {m.transformer_backend for m in model.modules() if isinstance(m, MobileViTV2TransformerLayer)} == {None}
+    with pytest.raises(ValueError, match="transformer_implementation must be one of"):
+        model.set_transformer_implementation("cuda")
+    model.set_transformer_implementation("auto")
+    assert model.transformer_implementation == "auto"
+    assert "transformer_implementation" not in model.config.to_dict()
+    model.save_pretrained(tmp_path)
+    assert "transformer_implementation" not in (tmp_path / "config.json").read_text()
+    loaded = MobileViTV2ForImageClassification.from_pretrained(tmp_path, transformer_implementation="auto")
+    assert loaded.transformer_implementation == "auto"
+    assert {m.transformer_backend for m in loaded.modules() if isinstance(m, MobileViTV2TransformerLayer)} == {"auto"}
+    assert MobileViTV2ForImageClassification.from_pretrained(tmp_path).transformer_implementation == "reference"
+
+
+@pytest.mark.gpu
+def test_gpu_model_fused_layers():
+    """fp32 exact (TF32 off: ieee_fp32, as the fp32 kernels use IEEE dots), fp16/bf16 within 2x the eager model's own
+    error, with every fusion on."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    if "triton" not in mk.available_backends("cuda", op="transformer_layer"):
+        pytest.skip("triton cannot run on this GPU machine")
+    eager, fused = layer_model_pair(MobileViTV2ForImageClassification, num_labels=10)
+    eager, fused = eager.cuda(), fused.cuda().set_attn_implementation("auto").set_conv_implementation("auto")
+    fused.set_transformer_implementation("auto")
+    x = torch.randn(4, 3, 256, 256, device="cuda")
+    with torch.no_grad():
+        expected = eager(x).logits
+        assert_close_fp32(fused(x).logits, expected, "fp32 logits")
+        for dtype in (torch.float16, torch.bfloat16):
+            eager_err = max_abs_diff(eager.to(dtype)(x.to(dtype)).logits, expected)
+            fused_err = max_abs_diff(fused.to(dtype)(x.to(dtype)).logits, expected)
+            assert fused_err <= 2 * eager_err + 1e-3, f"{dtype}: {fused_err} vs eager's own {eager_err}"
             eager.float(), fused.float()
