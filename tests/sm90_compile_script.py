@@ -10,7 +10,6 @@ import re
 import subprocess
 import sys
 
-import torch  # noqa: F401  (meta tensors in the callers' arguments)
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
