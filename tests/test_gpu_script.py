@@ -15,8 +15,14 @@ REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "bench" / "gpu_all.sh"
 
 
+def clean_environment() -> dict[str, str]:
+    """This process's environment less pytest-xdist's worker variables: under ``pytest -n`` they would make
+    a pytest started here take itself for a worker (whose failures the failure log leaves to a controller)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST_")}
+
+
 def run_stage(stage: str, out: Path, timeout: float = 600, **env) -> subprocess.CompletedProcess:
-    environment = {**os.environ, "DRY_RUN": "1", "OUT": str(out), "PYTHON": sys.executable, **env}
+    environment = {**clean_environment(), "DRY_RUN": "1", "OUT": str(out), "PYTHON": sys.executable, **env}
     return subprocess.run(["bash", str(SCRIPT), stage], cwd=REPO, env=environment, capture_output=True, text=True,
                           timeout=timeout)  # fmt: skip
 
@@ -45,7 +51,7 @@ def test_failures_are_logged_as_they_happen_across_workers(tmp_path):
         "def test_fine():\n    pass\n\n\ndef test_broken():\n    assert 1 + 1 == 3, 'arithmetic'\n"
     )
     log = tmp_path / "failures.txt"
-    env = {**os.environ, "MOBILEVITV2_FAILURE_LOG": str(log), "PYTHONPATH": str(REPO / "tests")}
+    env = {**clean_environment(), "MOBILEVITV2_FAILURE_LOG": str(log), "PYTHONPATH": str(REPO / "tests")}
     proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "failure_log", "-p", "no:cacheprovider", "-n", "2",
                            "-q", str(tmp_path / "test_sample.py")], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=300)  # fmt: skip
