@@ -10,8 +10,7 @@ import pytest
 import torch
 
 from mobilevitv2_kernels import backends, self_check
-
-DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+from mobilevitv2_kernels.numerics import KERNEL_DTYPES
 
 
 def _kernels(module) -> set[str]:
@@ -59,7 +58,7 @@ def test_every_triton_launch_is_inside_a_device_guard(monkeypatch, triton_module
     # Every op's check case, in every dtype, and the backward's second kernel (taken when the d-blocks of a
     # (b, p) are split over programs).
     for op in self_check.CASES:
-        for dtype in DTYPES:
+        for dtype in KERNEL_DTYPES:
             assert self_check.check("triton", triton_module, op, torch.device("cpu"), dtype).ok
     qkv, grad = torch.randn(1, 1 + 2 * 32, 2, 8), torch.randn(1, 32, 2, 8)
     triton_module.separable_attention_backward(grad, qkv, block_d=8, split=2)

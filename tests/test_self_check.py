@@ -12,11 +12,11 @@ import torch
 
 import mobilevitv2_kernels as mk
 from mobilevitv2_kernels import backends, reference, self_check
+from mobilevitv2_kernels.numerics import KERNEL_DTYPES
 from mobilevitv2_kernels.self_check import KernelCheckWarning
 
 pytestmark = pytest.mark.usefixtures("nan_allocations")  # every allocation starts as NaN
 
-DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 # op -> the backend function(s) its check calls
 FUNCTIONS = {
     "separable_attention": ["separable_attention_forward", "separable_attention_backward"],
@@ -48,7 +48,6 @@ def test_every_op_has_a_case():
     assert set(self_check.CASES) == set(FUNCTIONS)
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("op", list(self_check.CASES))
 def test_correct_kernel_passes(op, dtype, triton_module):
     result = self_check.check("triton", triton_module, op, torch.device("cpu"), dtype)
@@ -88,7 +87,6 @@ MUTATIONS = {
 
 
 @pytest.mark.parametrize("mutation", list(MUTATIONS))
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("op", list(self_check.CASES))
 def test_wrong_kernel_is_caught(op, dtype, mutation, triton_module):
     for name in FUNCTIONS[op]:
@@ -117,7 +115,7 @@ def test_failing_compile_is_a_failure(triton_module):
     assert not result.ok and "PTX assembly failed" in result.failure and "second line" not in result.failure
 
 
-def _inject(monkeypatch, module, name, dtypes=tuple(DTYPES)):
+def _inject(monkeypatch, module, name, dtypes=KERNEL_DTYPES):
     """Make ``module.name`` 50% off for inputs of ``dtypes``."""
     correct = getattr(module, name)
 
