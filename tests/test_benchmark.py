@@ -558,11 +558,13 @@ def test_training_suite_runs_ours_against_transformers(tmp_path, monkeypatch):
     assert all(r["error"] is None and r["ms"] > 0 and "train step" in r["group"] and "peak_mib" in r for r in rows)
 
 
-def test_cpu_suite_compares_what_a_cpu_user_would_pick(tmp_path, capsys):
+def test_cpu_suite_compares_what_a_cpu_user_would_pick(tmp_path, capsys, monkeypatch):
     """The CPU comparison on tiny shapes: every provider that is installed runs, is checked against ours
     eager fp32 before it is timed (its error printed), and those not installed get a one-line note; then
     separable vs multi-head attention over N."""
     from mobilevitv2.bench import cpu
+
+    monkeypatch.setenv("MOBILEVITV2_CACHE", str(tmp_path / "exports"))  # the runtimes' exports, not the user's cache
 
     cases = cpu.cpu_cases(CPU, quick=True)
     err = capsys.readouterr().err

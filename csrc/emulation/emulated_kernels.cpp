@@ -1,5 +1,5 @@
 // The CUDA kernel bodies of csrc/*.cuh compiled for the CPU emulator (cuda_emulator.h), with C entry
-// points for ctypes: tests/test_cuda_extension.py builds this with g++ and runs it on CPU tensors. The
+// points for ctypes: tests/cuda_kernels.py builds this with g++ and runs it on CPU tensors. The
 // launch plan, the packed-width choice and the kernels' arguments come from the same functions as the
 // launchers in csrc/*.cu (launch_args.h); only the grid loop is the emulator's.
 #include <c10/util/BFloat16.h>
