@@ -99,3 +99,13 @@ def compile_recording_ops(model):
 
     torch._dynamo.reset()
     return torch.compile(model, fullgraph=True, backend=recording_backend), targets
+
+
+def assert_half_precision_within_eager_error(eager: nn.Module, fused: nn.Module, x: torch.Tensor, expected: torch.Tensor, what: str) -> None:
+    """In fp16 and bf16 the fused model's logits are within twice the eager model's own error against the
+    fp32 ``expected`` (plus 1e-3); both models are returned to fp32."""
+    for dtype in (torch.float16, torch.bfloat16):
+        eager_err = max_abs_diff(eager.to(dtype)(x.to(dtype)).logits, expected)
+        fused_err = max_abs_diff(fused.to(dtype)(x.to(dtype)).logits, expected)
+        eager.float(), fused.float()
+        assert fused_err <= 2 * eager_err + 1e-3, f"{what} {dtype}: {fused_err} vs eager's own {eager_err}"

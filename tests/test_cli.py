@@ -18,7 +18,8 @@ from mobilevitv2 import (
     MobileViTV2ForSemanticSegmentation,
     MobileViTV2ImageProcessor,
 )
-from mobilevitv2.cli import main, palette
+from mobilevitv2.cli import palette
+from cli_utils import assert_one_line_error, run
 from model_utils import randomize_
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,21 +43,6 @@ def files(tmp_path_factory):
     synthetic_photo(180, 180, seed=3).convert("RGBA").save(root / "rgba.png")
     (root / "broken.jpg").write_bytes(b"this is not a JPEG")
     return root
-
-
-def run(argv, capsys):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(code, err, *fragments):
-    assert code == 1
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in err, err
-    assert lines[0].startswith("mobilevitv2 ") and "error:" in lines[0]
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
 
 
 def expected_probabilities(model_dir, image_path, processor):

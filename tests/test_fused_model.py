@@ -18,6 +18,7 @@ from mobilevitv2.blocks import MobileViTV2TransformerLayer
 from mobilevitv2.layers import MobileViTV2InvertedResidual
 from model_utils import (
     assert_close_fp32,
+    assert_half_precision_within_eager_error,
     assert_nontrivial,
     compile_recording_ops,
     fused_model_pair,
@@ -253,11 +254,7 @@ def test_gpu_every_fusion_matches_eager(task, backend):
         reference = eager(x).logits
         assert_nontrivial(reference, f"eager {task} logits")
         assert_close_fp32(fused(x).logits, reference, f"{task} {backend} fp32 logits")
-        for dtype in (torch.float16, torch.bfloat16):
-            eager_err = max_abs_diff(eager.to(dtype)(x.to(dtype)).logits, reference)
-            fused_err = max_abs_diff(fused.to(dtype)(x.to(dtype)).logits, reference)
-            assert fused_err <= 2 * eager_err + 1e-3, f"{task} {backend} {dtype}: {fused_err} vs eager's own {eager_err}"
-            eager.float(), fused.float()
+        assert_half_precision_within_eager_error(eager, fused, x, reference, f"{task} {backend}")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -443,11 +440,7 @@ def test_gpu_model_fused_convs():
     with torch.no_grad():
         expected = eager(x).logits
         assert_close_fp32(fused(x).logits, expected, "fp32 logits")
-        for dtype in (torch.float16, torch.bfloat16):
-            eager_err = max_abs_diff(eager.to(dtype)(x.to(dtype)).logits, expected)
-            fused_err = max_abs_diff(fused.to(dtype)(x.to(dtype)).logits, expected)
-            assert fused_err <= 2 * eager_err + 1e-3, f"{dtype}: {fused_err} vs eager's own {eager_err}"
-            eager.float(), fused.float()
+        assert_half_precision_within_eager_error(eager, fused, x, expected, "fused")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -572,8 +565,4 @@ def test_gpu_model_fused_layers():
     with torch.no_grad():
         expected = eager(x).logits
         assert_close_fp32(fused(x).logits, expected, "fp32 logits")
-        for dtype in (torch.float16, torch.bfloat16):
-            eager_err = max_abs_diff(eager.to(dtype)(x.to(dtype)).logits, expected)
-            fused_err = max_abs_diff(fused.to(dtype)(x.to(dtype)).logits, expected)
-            assert fused_err <= 2 * eager_err + 1e-3, f"{dtype}: {fused_err} vs eager's own {eager_err}"
-            eager.float(), fused.float()
+        assert_half_precision_within_eager_error(eager, fused, x, expected, "fused")

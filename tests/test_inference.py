@@ -24,6 +24,7 @@ from mobilevitv2 import (
 from mobilevitv2 import inference
 from mobilevitv2.cli import main
 from mobilevitv2.distributed import Context
+from cli_utils import assert_one_line_error, run
 from model_utils import randomize_
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -63,21 +64,6 @@ def files(tmp_path_factory):
 
 def photo_paths(root, folder="photos"):
     return sorted(str(root / folder / name) for name, *_ in PHOTOS)
-
-
-def run(argv, capsys):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(code, err, *fragments):
-    assert code == 1
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in err, err
-    assert lines[0].startswith("mobilevitv2 ") and "error:" in lines[0]
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
 
 
 def one_at_a_time_predictions(model_dir, paths, k):

@@ -32,7 +32,7 @@ from mobilevitv2 import (
     inference,
     runtimes,
 )
-from mobilevitv2.cli import main
+from cli_utils import assert_one_line_error, run
 from model_utils import assert_nontrivial, randomize_
 
 SIZE = 64
@@ -92,21 +92,6 @@ def files(tmp_path_factory, model):
     for seed, (height, width) in enumerate([(90, 120), (120, 90), (100, 100), (64, 96)]):
         synthetic_photo(height, width, seed=seed).save(root / f"photo{seed}.png")
     return root
-
-
-def run(argv, capsys):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(code, err, *fragments):
-    assert code == 1
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in err, err
-    assert lines[0].startswith("mobilevitv2 ") and "error:" in lines[0]
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
 
 
 # ----- the exported models against PyTorch fp32 --------------------------------------------------------------
