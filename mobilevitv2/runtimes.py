@@ -1,4 +1,6 @@
 """CPU runtimes for a classification or segmentation model: export to a file, load it back as a callable.
+One export and one loader per runtime, kept side by side with the cache they share so that the runtimes
+stay comparable (hence its length).
 
 ========================  ==========================  ====================================================
 runtime                   exported file               precision it computes in
