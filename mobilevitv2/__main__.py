@@ -4,4 +4,5 @@ import sys
 
 from mobilevitv2.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # importing the module (as package scanners do) runs nothing
+    sys.exit(main())
