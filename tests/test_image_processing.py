@@ -189,12 +189,13 @@ def test_config_round_trip_from_transformers(tmp_path):
 
 
 def auto_image_processor(directory):
-    """transformers.AutoImageProcessor.from_pretrained, skipping where this transformers version insists on
-    torchvision for it (5.17 does; 5.24 falls back to the PIL processor)."""
+    """transformers.AutoImageProcessor.from_pretrained with its PIL processor (``use_fast=False``: with
+    torchvision installed it would pick the torchvision one, whose resize differs from PIL's), skipping
+    where this transformers version insists on torchvision for it (5.17 does)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            return transformers.AutoImageProcessor.from_pretrained(directory)
+            return transformers.AutoImageProcessor.from_pretrained(directory, use_fast=False)
         except ImportError as exc:
             if "torchvision" not in str(exc).lower():
                 raise
