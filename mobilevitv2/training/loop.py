@@ -54,7 +54,6 @@ class Run:
     def __init__(self, args: TrainingArguments, ctx: distributed.Context) -> None:
         self.args, self.ctx = args, ctx
         self.task = args.task or data.detect_task(args.data)
-        self.log_lines: list[str] = []
 
     # ----- messages ------------------------------------------------------------------------------------------
     def log(self, message: str) -> None:
