@@ -11,10 +11,11 @@ a silent one. The model's weights must not change after this (they are copied in
 
 from __future__ import annotations
 
-import copy
-
 import torch
 from torch import nn
+from torch._inductor import config as inductor_config
+
+from mobilevitv2.inference_form import inference_form
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -50,33 +51,50 @@ class _Logits(nn.Module):
 
 
 class CPUInference:
-    """``logits = CPUInference(model)(pixel_values)``: compiled on the first call for each input shape (tens
-    of seconds), fast after that. ``precision``: "fp32" (equal to the model to about 1e-5) or "bf16"."""
+    """``logits = CPUInference(model)(pixel_values)``: compiled on the first call for each micro-batch shape
+    (tens of seconds), fast after that. ``precision``: "fp32" (equal to the model to about 1e-5) or "bf16".
 
-    def __init__(self, model: nn.Module, precision: str = "fp32", channels_last: bool = True) -> None:
+    ``micro_batch``: a batch runs in chunks of this many images (the last chunk may be smaller); on a CPU one
+    image's activations stay in the caches from layer to layer, so chunks of 1 are faster per image than
+    whole batches (``mobilevitv2 bench --suite cpu``), and one compiled shape serves every batch size.
+    ``image_layout``: run the blocks' attention on the image, without unfold/fold
+    (:mod:`mobilevitv2.inference_form`); BatchNorm is folded either way.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        precision: str = "fp32",
+        *,
+        micro_batch: int = 1,
+        image_layout: bool = False,
+        channels_last: bool = True,
+    ) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        if not isinstance(micro_batch, int) or micro_batch < 1:
+            raise ValueError(f"micro_batch must be a positive int, got {micro_batch!r}")
         if any(p.device.type != "cpu" for p in model.parameters()):
             raise ValueError("CPUInference needs a model on the CPU; call model.cpu() first")
-        frozen = copy.deepcopy(model).eval().float()
-        if hasattr(frozen, "set_implementation"):
-            frozen.set_implementation("reference", check=False)  # the fused kernels are GPU paths
-        for parameter in frozen.parameters():
-            parameter.requires_grad_(False)
-        self.channels_last = channels_last
+        form = inference_form(model, image_layout=image_layout)
+        self.channels_last, self.micro_batch, self.precision = channels_last, micro_batch, precision
         if channels_last:
-            frozen = frozen.to(memory_format=torch.channels_last)
-        self.precision = precision
-        wrapped = _Autocast(frozen, torch.bfloat16) if precision == "bf16" else _Logits(frozen)
-        self.compiled = torch.compile(wrapped, fullgraph=True, options={"freezing": True})
+            form = form.to(memory_format=torch.channels_last)
+        wrapped = _Autocast(form, torch.bfloat16) if precision == "bf16" else _Logits(form)
+        # Freezing is set around each call, not through torch.compile's ``options`` (which Inductor's
+        # freezing check does not see): a compile happens on the first call of each input shape.
+        self.compiled = torch.compile(wrapped, fullgraph=True)
 
     def __call__(self, pixel_values: torch.Tensor) -> torch.Tensor:
         if pixel_values.device.type != "cpu":
             raise ValueError(f"CPUInference runs on the CPU; pixel_values are on {pixel_values.device}")
         if pixel_values.ndim != 4:
             raise ValueError(f"pixel_values must be (batch, channels, height, width), got shape {tuple(pixel_values.shape)}")
+        if pixel_values.shape[0] == 0:
+            raise ValueError("pixel_values is an empty batch")
         x = pixel_values.float()
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.no_grad():
-            return self.compiled(x)
+        with torch.no_grad(), inductor_config.patch(freezing=True):
+            chunks = [self.compiled(chunk) for chunk in torch.split(x, self.micro_batch)]
+        return chunks[0] if len(chunks) == 1 else torch.cat(chunks)

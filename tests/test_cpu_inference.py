@@ -47,3 +47,23 @@ def test_bad_input(model):
     fast = CPUInference(model)
     with pytest.raises(ValueError, match=r"shape \(3, 64, 64\)"):
         fast(torch.rand(3, 64, 64))
+    with pytest.raises(ValueError, match="micro_batch"):
+        CPUInference(model, micro_batch=0)
+    with pytest.raises(ValueError, match="empty batch"):
+        fast(torch.rand(0, 3, 64, 64))
+
+
+def test_micro_batches_give_the_whole_batch(model):
+    x = torch.rand(5, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected = model(x).logits
+    for micro_batch in (2, 8):  # a smaller last chunk; one chunk larger than the batch
+        got = CPUInference(model, micro_batch=micro_batch)(x)
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_image_layout_path(model):
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        expected = model(x).logits
+    torch.testing.assert_close(CPUInference(model, image_layout=True)(x), expected, atol=1e-5, rtol=1e-5)
