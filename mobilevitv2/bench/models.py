@@ -4,7 +4,10 @@ inference provider's first output checked against ours eager in float32 before i
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
+from torch._inductor import config as inductor_config
 
 from mobilevitv2.bench.checks import CHECK_TOLERANCE, Deferred, dtype_name, randomize_for_check, relative_error
 from mobilevitv2.bench.harness import Case
@@ -17,6 +20,8 @@ from mobilevitv2_kernels.numerics import strict_fp32
 # treats the parameters as constants (inference only, parameters must not change afterwards), so the
 # per-call weight preparation (BatchNorm folding, GroupNorm affine) is folded away at compile time;
 # "frozen cudagraphs" adds CUDA graphs, like mode="reduce-overhead" (which cannot be combined with options).
+# Inductor does not see "freezing" in torch.compile's options (it reads its global config before them), so
+# build() sets it in the config around every call instead (see _frozen_options).
 _FROZEN = {"fullgraph": True, "options": {"freezing": True}}
 _FROZEN_GRAPHS = {"fullgraph": True, "options": {"freezing": True, "triton.cudagraphs": True}}
 MODEL_PROVIDERS: dict[str, tuple[str, dict, dict | None]] = {
@@ -48,6 +53,14 @@ def inference_only(provider: str) -> bool:
     owner, options, compile_kwargs = MODEL_PROVIDERS[provider]
     frozen = bool(compile_kwargs and compile_kwargs.get("options", {}).get("freezing"))
     return frozen or any(k in options for k in _INFERENCE_ONLY_OPTIONS)
+
+
+def _frozen_options(compile_kwargs: dict | None) -> tuple[dict | None, bool]:
+    """(``compile_kwargs`` without "freezing", whether it asked for freezing)."""
+    if not compile_kwargs or not compile_kwargs.get("options", {}).get("freezing"):
+        return compile_kwargs, False
+    options = {k: v for k, v in compile_kwargs["options"].items() if k != "freezing"}
+    return {**compile_kwargs, "options": options}, True
 
 
 def default_model_providers(device: torch.device, training: bool, compiled: bool, reduce_overhead: bool) -> list[str]:
@@ -146,6 +159,7 @@ def model_cases(
         model.load_state_dict(weights)
         model = model.to(device=device, dtype=cases_dtype)
         model.train(training)
+        compile_kwargs, frozen = _frozen_options(compile_kwargs)
         forward = torch.compile(model, **compile_kwargs) if compile_kwargs is not None else model
         if training:
             optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
@@ -162,7 +176,7 @@ def model_cases(
         inputs = x.to(cases_dtype)
 
         def infer():
-            with torch.no_grad():
+            with torch.no_grad(), inductor_config.patch(freezing=True) if frozen else contextlib.nullcontext():
                 return forward(inputs).logits
 
         def check(logits):
