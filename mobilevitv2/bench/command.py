@@ -34,6 +34,10 @@ def main(argv: list[str] | None = None) -> int:
         "attention over N, fp16 batch 256 vs transformers compiled, batch 1 vs reduce-overhead); training: training steps "
         "of ours (eager, fused attention, compiled) vs transformers eager and compiled (GPU: width 1.0 bf16 batch 128)",
     )  # fmt: skip
+    parser.add_argument(
+        "--max-seconds", type=float, default=None,
+        help="stop warming up and timing a case after this many seconds (at least 3 timed calls); default 2 on a CPU, none on a GPU",
+    )  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="with --suite targets, training or cpu: tiny shapes, nothing compiled")
     args = parser.parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -43,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     prefix = args.out or os.path.join("bench-results", f"{device.type}-{args.suite}-{stamp}")
     cases = SUITES[args.suite](device, quick=args.quick) if args.suite != "default" else default_cases(device)
 
-    results, stopped = run_to_files(cases, device, prefix, env, reps=args.reps)  # files after every case
+    max_seconds = args.max_seconds if args.max_seconds is not None else (2.0 if device.type == "cpu" else None)
+    results, stopped = run_to_files(cases, device, prefix, env, reps=args.reps, max_seconds=max_seconds)  # files after every case
     print(format_table(results))
     if stopped:
         print(f"\nstopped by {stopped} after {len(results)} of {len(cases)} cases; {prefix}.json/.csv/.txt hold them")

@@ -49,44 +49,60 @@ def available_cpu_providers(native_bf16: bool) -> tuple[list[str], list[str]]:
     return providers, notes
 
 
-def cpu_model_cases(batch: int, providers: list[str], width: float = 1.0, size: int = 256) -> list[Case]:
-    from mobilevitv2 import MobileViTV2Config, MobileViTV2ForImageClassification
+class _Providers:
+    """Each provider of the CPU comparison built once, on its first use, and shared by every batch size (our
+    CPU path compiles one micro-batch shape for all of them; the runtimes load their export once)."""
 
-    config = MobileViTV2Config.from_width(width, num_labels=1000)
-    ours = randomize_for_check(MobileViTV2ForImageClassification(config)).eval()
-    ours.set_implementation("reference", check=False)
-    x = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        expected = ours(x).logits.float()
-    group = f"CPU model w{width} {size}px b{batch}"
+    def __init__(self, width: float, size: int) -> None:
+        from mobilevitv2 import MobileViTV2Config, MobileViTV2ForImageClassification
 
-    def build(provider: str):
+        config = MobileViTV2Config.from_width(width, num_labels=1000)
+        self.ours = randomize_for_check(MobileViTV2ForImageClassification(config)).eval()
+        self.ours.set_implementation("reference", check=False)
+        self.width, self.size, self.built = width, size, {}
+
+    def runner(self, provider: str):
+        """``provider``'s ``fn(pixel_values) -> logits``."""
+        if provider not in self.built:
+            self.built[provider] = self._build(provider)
+        return self.built[provider]
+
+    def _build(self, provider: str):
         kind, precision = CPU_MODEL_PROVIDERS[provider]
+        ours = self.ours
         if kind.startswith("transformers"):
             import transformers
 
             theirs = transformers.MobileViTV2ForImageClassification(
-                transformers.MobileViTV2Config(width_multiplier=width, num_labels=1000)
+                transformers.MobileViTV2Config(width_multiplier=self.width, num_labels=1000)
             ).eval()
             theirs.load_state_dict(ours.state_dict())
             model = torch.compile(theirs) if kind == "transformers compiled" else theirs
-            fn = lambda: model(x).logits  # noqa: E731
-        elif kind == "ours":
-            fn = lambda: ours(x).logits  # noqa: E731
-        elif kind == "cpu":
+            return lambda x: model(x).logits
+        if kind == "ours":
+            return lambda x: ours(x).logits
+        if kind == "cpu":
             from mobilevitv2.cpu_inference import CPUInference
 
-            fast = CPUInference(ours, precision=precision)
-            fn = lambda: fast(x)  # noqa: E731
-        else:
-            from mobilevitv2 import runtimes
+            return CPUInference(ours, precision=precision)
+        from mobilevitv2 import runtimes
 
-            run = runtimes.load(kind, ours, size, size, precision=precision)
-            fn = lambda: run(x)  # noqa: E731
+        return runtimes.load(kind, ours, self.size, self.size, precision=precision)
+
+
+def cpu_model_cases(batch: int, providers: list[str], built: _Providers) -> list[Case]:
+    x = torch.rand(batch, 3, built.size, built.size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = built.ours(x).logits.float()
+    group = f"CPU model w{built.width} {built.size}px b{batch}"
+
+    def build(provider: str):
+        _, precision = CPU_MODEL_PROVIDERS[provider]
+        fn = built.runner(provider)
 
         def call():
             with torch.no_grad():
-                return fn()
+                return fn(x)
 
         def check(logits):
             err = relative_error(logits.float(), expected)
@@ -111,10 +127,11 @@ def cpu_cases(device: torch.device, quick: bool = False) -> list[Case]:
     for note in notes:
         print(f"bench: {note}", file=sys.stderr)
     cases = []
+    built = _Providers(width=0.5 if quick else 1.0, size=64 if quick else 256)
     for batch in (1, 8):
-        cases += cpu_model_cases(batch, providers, width=0.5 if quick else 1.0, size=64 if quick else 256)
+        cases += cpu_model_cases(batch, providers, built)
     dtypes = [torch.float32] + ([torch.bfloat16] if native_bf16 else [])
-    tokens, dim = (4096, 64) if quick else (65536, 128)
+    tokens, dim = (4096, 64) if quick else (16384, 128)
     for dtype in dtypes:
         for n in ((64, 1024) if quick else (64, 256, 1024, 4096)):
             cases += attention_scaling_cases(n, tokens, dim, dtype, device, backward=False,

@@ -121,10 +121,22 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_ms(fn: Callable[[], object], device: torch.device, warmup: int = 3, reps: int = 10, min_seconds: float = 0.0) -> float:
+def time_ms(
+    fn: Callable[[], object],
+    device: torch.device,
+    warmup: int = 3,
+    reps: int = 10,
+    min_seconds: float = 0.0,
+    max_seconds: float | None = None,
+) -> float:
     """Median milliseconds of ``fn()`` after ``warmup`` calls: CUDA events around each call on a GPU (all
-    recorded, then one synchronisation), ``perf_counter`` on the CPU (at least ``min_seconds`` in all)."""
-    for _ in range(warmup):
+    recorded, then one synchronisation), ``perf_counter`` on the CPU (at least ``min_seconds`` in all; with
+    ``max_seconds``, warm-up and timing each stop early once that long has passed, after at least one
+    warm-up call and three timed ones, so a slow CPU case costs seconds, not minutes)."""
+    began = time.perf_counter()
+    for i in range(warmup):
+        if device.type != "cuda" and max_seconds is not None and i >= 1 and time.perf_counter() - began > max_seconds:
+            break
         fn()
     times = []
     if device.type == "cuda":
@@ -139,6 +151,8 @@ def time_ms(fn: Callable[[], object], device: torch.device, warmup: int = 3, rep
     else:
         began = time.perf_counter()
         while len(times) < reps or time.perf_counter() - began < min_seconds:
+            if max_seconds is not None and len(times) >= 3 and time.perf_counter() - began > max_seconds:
+                break
             start = mark(device)
             fn()
             times.append(elapsed_ms(start, mark(device)))
@@ -183,10 +197,11 @@ def run_cases(
     reps: int = 10,
     progress: bool = True,
     after_each: Callable[[list[Result]], None] | None = None,
+    max_seconds: float | None = None,
 ) -> list[Result]:
     """Time every case; a case that fails (out of memory, a compile error, a wrong output) is reported, not
     fatal. ``after_each(results so far)`` runs after every case (to write partial results that survive a
-    time limit)."""
+    time limit); ``max_seconds``: :func:`time_ms`'s time limit per case."""
     cases = list(cases)
     results, bandwidth_cache = [], {}
     for i, case in enumerate(cases, 1):
@@ -195,7 +210,7 @@ def run_cases(
         try:
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
-            ms = time_ms(case.fn, device, reps=reps)
+            ms = time_ms(case.fn, device, reps=reps, max_seconds=max_seconds)
             result = Result(case.group, case.provider, ms, items_per_s=case.items / ms * 1e3 if case.items else None)
             if device.type == "cuda":
                 result.peak_mib = torch.cuda.max_memory_allocated(device) / 2**20
@@ -370,7 +385,7 @@ def stop_on_sigterm() -> Iterator[None]:
 
 
 def run_to_files(
-    cases: list[Case], device: torch.device, path_prefix: str, env: dict, reps: int = 10
+    cases: list[Case], device: torch.device, path_prefix: str, env: dict, reps: int = 10, max_seconds: float | None = None
 ) -> tuple[list[Result], str | None]:
     """:func:`run_cases` with :func:`write_results` after every case (the cases still to run listed as not
     run), and SIGTERM ending the run cleanly. Returns the results and None, or, when stopped, the results
@@ -383,7 +398,7 @@ def run_to_files(
 
     try:
         with stop_on_sigterm():
-            results = run_cases(cases, device, reps=reps, after_each=after_each)
+            results = run_cases(cases, device, reps=reps, after_each=after_each, max_seconds=max_seconds)
     except Stopped as exc:
         return list(latest), str(exc)
     write_results(path_prefix, env, results, not_run=[])
