@@ -9,6 +9,7 @@ against multi-head attention (SDPA) over N at a fixed token count, fp32 and bf16
 from __future__ import annotations
 
 import sys
+import warnings
 
 import torch
 
@@ -16,7 +17,9 @@ from mobilevitv2.bench.checks import CHECK_TOLERANCE, Deferred, randomize_for_ch
 from mobilevitv2.bench.harness import Case
 from mobilevitv2.bench.ops import attention_scaling_cases
 
-# provider -> (kind, precision): kind "transformers", "ours", "cpu" (CPUInference) or a runtime name
+# provider -> (kind, precision): kind "transformers eager"/"compiled", "ours", "cpu" (CPUInference), a runtime
+# name (that runtime on our export), or "openvino transformers" (OpenVINO on transformers' model converted
+# as it is, the plain export a user of OpenVINO would make: the yardstick for our export)
 CPU_MODEL_PROVIDERS: dict[str, tuple[str, str]] = {
     "transformers eager": ("transformers eager", "fp32"),
     "transformers compiled": ("transformers compiled", "fp32"),
@@ -26,9 +29,16 @@ CPU_MODEL_PROVIDERS: dict[str, tuple[str, str]] = {
     "onnxruntime fp32": ("onnxruntime", "fp32"),
     "openvino f32": ("openvino", "fp32"),
     "openvino bf16": ("openvino", "bf16"),
+    "openvino f32, transformers' model": ("openvino transformers", "fp32"),
+    "openvino bf16, transformers' model": ("openvino transformers", "bf16"),
     "executorch xnnpack fp32": ("executorch", "fp32"),
 }
 PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+_REQUIRED_MODULES = {
+    "transformers eager": ("transformers",),
+    "transformers compiled": ("transformers",),
+    "openvino transformers": ("transformers", "openvino"),
+}
 
 
 def available_cpu_providers(native_bf16: bool) -> tuple[list[str], list[str]]:
@@ -40,13 +50,24 @@ def available_cpu_providers(native_bf16: bool) -> tuple[list[str], list[str]]:
         if precision == "bf16" and not native_bf16:
             notes.append(f"{name}: skipped, this CPU has no native bf16 (AVX-512 BF16 or AMX)")
             continue
-        module = {"transformers eager": "transformers", "transformers compiled": "transformers"}.get(kind, kind)
-        if module in ("transformers", "onnxruntime", "openvino", "executorch") and importlib.util.find_spec(module) is None:
+        modules = _REQUIRED_MODULES.get(kind, (kind,) if kind in ("onnxruntime", "openvino", "executorch") else ())
+        missing = [module for module in modules if importlib.util.find_spec(module) is None]
+        if missing:
+            module = missing[0]
             extra = {"transformers": "transformers", "onnxruntime": "mobilevitv2[onnx]"}.get(module, f"mobilevitv2[{module}]")
             notes.append(f"{name}: skipped, {module} is not installed (pip install \"{extra}\")")
             continue
         providers.append(name)
     return providers, notes
+
+
+class _Logits(torch.nn.Module):
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values).logits
 
 
 class _Providers:
@@ -71,14 +92,11 @@ class _Providers:
         kind, precision = CPU_MODEL_PROVIDERS[provider]
         ours = self.ours
         if kind.startswith("transformers"):
-            import transformers
-
-            theirs = transformers.MobileViTV2ForImageClassification(
-                transformers.MobileViTV2Config(width_multiplier=self.width, num_labels=1000)
-            ).eval()
-            theirs.load_state_dict(ours.state_dict())
-            model = torch.compile(theirs) if kind == "transformers compiled" else theirs
+            model = self._transformers_model()
+            model = torch.compile(model) if kind == "transformers compiled" else model
             return lambda x: model(x).logits
+        if kind == "openvino transformers":
+            return self._openvino_transformers(precision)
         if kind == "ours":
             return lambda x: ours(x).logits
         if kind == "cpu":
@@ -88,6 +106,33 @@ class _Providers:
         from mobilevitv2 import runtimes
 
         return runtimes.load(kind, ours, self.size, self.size, precision=precision)
+
+
+    def _transformers_model(self) -> torch.nn.Module:
+        import transformers
+
+        theirs = transformers.MobileViTV2ForImageClassification(
+            transformers.MobileViTV2Config(width_multiplier=self.width, num_labels=1000)
+        ).eval()
+        theirs.load_state_dict(self.ours.state_dict())
+        return theirs
+
+    def _openvino_transformers(self, precision: str):
+        """transformers' model through ``openvino.convert_model`` (batch left dynamic), compiled with the
+        inference precision set as :mod:`mobilevitv2.runtimes` sets it."""
+        import openvino
+        import openvino.properties.hint as hints
+
+        shape = (-1, 3, self.size, self.size)
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # tracing warnings about transformers' shape checks
+            converted = openvino.convert_model(
+                _Logits(self._transformers_model()), example_input=torch.zeros(1, *shape[1:]), input=[shape]
+            )
+        wanted = {"fp32": openvino.Type.f32, "bf16": openvino.Type.bf16}[precision]
+        compiled = openvino.Core().compile_model(converted, "CPU", {hints.inference_precision: wanted})
+        request, output = compiled.create_infer_request(), compiled.output(0)
+        return lambda x: torch.from_numpy(request.infer({0: x.numpy()})[output].copy())
 
 
 def cpu_model_cases(batch: int, providers: list[str], built: _Providers) -> list[Case]:
