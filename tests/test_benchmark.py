@@ -60,6 +60,42 @@ def test_a_wrong_output_is_reported_and_never_timed():
     assert calls.count("broken") == 1  # the first call is checked, and nothing after it runs
 
 
+def test_cpu_groups_are_timed_in_rounds():
+    """interleave=True: each provider is checked and warmed up, then the group's providers are timed one
+    call each per round (a drifting machine slows them alike); a broken provider is reported, the others
+    still timed, and the groups keep their order."""
+    calls = []
+
+    def build(provider):
+        def fn():
+            calls.append(provider)
+            return torch.ones(3)
+
+        return fn, lambda out: "wrong output: relative error 1" if provider.endswith("broken") else None
+
+    cases = [
+        harness.Case(group, name, checks.Deferred(build, f"{group}{name}"), baseline=name == "a", items=2)
+        for group in ("g1", "g2")
+        for name in ("a", "broken", "b")
+    ]
+    results = harness.run_cases(cases, CPU, reps=4, progress=False, interleave=True)
+    assert [(r.group, r.provider) for r in results] == [(c.group, c.provider) for c in cases]
+    assert [r.error is None for r in results] == [True, False, True] * 2
+    assert results[0].speedup == pytest.approx(1.0) and results[2].speedup == pytest.approx(results[0].ms / results[2].ms)
+    assert results[2].items_per_s == pytest.approx(2 / results[2].ms * 1e3)
+    g1 = [c for c in calls if c.startswith("g1")]
+    # 3 warm-up calls each, the first of them checked (a call more); the broken one stops at its check
+    assert g1[:9] == ["g1a"] * 4 + ["g1broken"] + ["g1b"] * 4
+    assert g1[9:] == ["g1a", "g1b"] * 4  # then 4 rounds
+
+
+def test_time_interleaved_stops_at_its_time_limit():
+    import time
+
+    slow = lambda: time.sleep(0.02)  # noqa: E731
+    assert harness.time_interleaved_ms([slow, slow], reps=1000, max_seconds=0.05) == [pytest.approx(20, abs=15)] * 2
+
+
 def test_relative_error():
     expected = torch.tensor([3.0, 4.0])
     assert checks.relative_error(expected, expected) == 0.0

@@ -48,7 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     cases = SUITES[args.suite](device, quick=args.quick) if args.suite != "default" else default_cases(device)
 
     max_seconds = args.max_seconds if args.max_seconds is not None else (2.0 if device.type == "cpu" else None)
-    results, stopped = run_to_files(cases, device, prefix, env, reps=args.reps, max_seconds=max_seconds)  # files after every case
+    # On a CPU the providers of a group are timed in rounds: a shared machine's speed drifts by tens of percent.
+    results, stopped = run_to_files(
+        cases, device, prefix, env, reps=args.reps, max_seconds=max_seconds, interleave=device.type == "cpu"
+    )  # files after every case
     print(format_table(results))
     if stopped:
         print(f"\nstopped by {stopped} after {len(results)} of {len(cases)} cases; {prefix}.json/.csv/.txt hold them")

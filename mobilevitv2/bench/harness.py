@@ -121,6 +121,15 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def warm_up(fn: Callable[[], object], calls: int = 3, max_seconds: float | None = None) -> None:
+    """``calls`` calls of ``fn``, or, with ``max_seconds``, fewer once that long has passed (at least one)."""
+    began = time.perf_counter()
+    for i in range(calls):
+        if max_seconds is not None and i >= 1 and time.perf_counter() - began > max_seconds:
+            break
+        fn()
+
+
 def time_ms(
     fn: Callable[[], object],
     device: torch.device,
@@ -133,11 +142,7 @@ def time_ms(
     recorded, then one synchronisation), ``perf_counter`` on the CPU (at least ``min_seconds`` in all; with
     ``max_seconds``, warm-up and timing each stop early once that long has passed, after at least one
     warm-up call and three timed ones, so a slow CPU case costs seconds, not minutes)."""
-    began = time.perf_counter()
-    for i in range(warmup):
-        if device.type != "cuda" and max_seconds is not None and i >= 1 and time.perf_counter() - began > max_seconds:
-            break
-        fn()
+    warm_up(fn, warmup, max_seconds if device.type != "cuda" else None)
     times = []
     if device.type == "cuda":
         synchronize(device)
@@ -157,6 +162,23 @@ def time_ms(
             fn()
             times.append(elapsed_ms(start, mark(device)))
     return statistics.median(times)
+
+
+def time_interleaved_ms(fns: list[Callable[[], object]], reps: int = 10, max_seconds: float | None = None) -> list[float]:
+    """Median ``perf_counter`` milliseconds of each of ``fns`` (warmed up already), timed in rounds of one call
+    of each, so that a CPU whose speed drifts during the run (other tenants, clocks) slows every provider
+    alike instead of whichever ran at the wrong moment. Stops after ``reps`` rounds, or, with
+    ``max_seconds``, once ``max_seconds`` per function have passed (after at least three rounds)."""
+    times: list[list[float]] = [[] for _ in fns]
+    began = time.perf_counter()
+    while True:
+        for fn, spans in zip(fns, times):
+            start = time.perf_counter()
+            fn()
+            spans.append((time.perf_counter() - start) * 1e3)
+        rounds = len(times[0])
+        if rounds >= reps or (max_seconds is not None and rounds >= 3 and time.perf_counter() - began > max_seconds * len(fns)):
+            return [statistics.median(spans) for spans in times]
 
 
 def do_bench_ms(fn: Callable[[], object], rep_ms: float = 100, warmup_ms: float = 25) -> float:
@@ -198,11 +220,16 @@ def run_cases(
     progress: bool = True,
     after_each: Callable[[list[Result]], None] | None = None,
     max_seconds: float | None = None,
+    interleave: bool = False,
 ) -> list[Result]:
     """Time every case; a case that fails (out of memory, a compile error, a wrong output) is reported, not
     fatal. ``after_each(results so far)`` runs after every case (to write partial results that survive a
-    time limit); ``max_seconds``: :func:`time_ms`'s time limit per case."""
+    time limit); ``max_seconds``: :func:`time_ms`'s time limit per case. ``interleave`` (CPU only): the
+    cases of each group are warmed up one by one, then timed together in rounds
+    (:func:`time_interleaved_ms`)."""
     cases = list(cases)
+    if interleave and device.type != "cuda":
+        return _run_cases_interleaved(cases, device, reps, progress, after_each, max_seconds)
     results, bandwidth_cache = [], {}
     for i, case in enumerate(cases, 1):
         if progress:
@@ -228,6 +255,53 @@ def run_cases(
             print(f"    {'error: ' + result.error if result.error else f'{result.ms:.3f} ms'}", file=sys.stderr, flush=True)
         if after_each is not None:
             after_each(results)
+    return results
+
+
+def _run_cases_interleaved(
+    cases: list[Case],
+    device: torch.device,
+    reps: int,
+    progress: bool,
+    after_each: Callable[[list[Result]], None] | None,
+    max_seconds: float | None,
+) -> list[Result]:
+    results: list[Result] = []
+    start = 0
+    while start < len(cases):
+        end = start
+        while end < len(cases) and cases[end].group == cases[start].group:
+            end += 1
+        group = cases[start:end]
+        errors: dict[int, str] = {}
+        for i, case in enumerate(group):  # build, check and warm up each provider
+            if progress:
+                print(f"[{start + i + 1}/{len(cases)}] {case.group} | {case.provider}", file=sys.stderr, flush=True)
+            try:
+                warm_up(case.fn, 3, max_seconds)
+            except Exception as exc:
+                errors[i] = f"{type(exc).__name__}: {str(exc)[:200]}"
+        live = [i for i in range(len(group)) if i not in errors]
+        if progress and live:
+            print(f"    timing {len(live)} providers of {group[0].group} in rounds", file=sys.stderr, flush=True)
+        try:
+            medians = dict(zip(live, time_interleaved_ms([group[i].fn for i in live], reps, max_seconds)))
+        except Exception as exc:  # a provider failing after its checked first call: the group's times are lost
+            medians = {}
+            errors.update({i: f"{type(exc).__name__} while timing the group: {str(exc)[:200]}" for i in live})
+        for i, case in enumerate(group):
+            if i in errors:
+                result = Result(case.group, case.provider, float("nan"), error=errors[i])
+            else:
+                ms = medians[i]
+                result = Result(case.group, case.provider, ms, items_per_s=case.items / ms * 1e3 if case.items else None)
+            results.append(result)
+            fill_speedups(cases, results)
+            if progress:
+                print(f"    {case.provider}: {'error: ' + result.error if result.error else f'{result.ms:.3f} ms'}", file=sys.stderr, flush=True)
+            if after_each is not None:
+                after_each(results)
+        start = end
     return results
 
 
@@ -385,7 +459,13 @@ def stop_on_sigterm() -> Iterator[None]:
 
 
 def run_to_files(
-    cases: list[Case], device: torch.device, path_prefix: str, env: dict, reps: int = 10, max_seconds: float | None = None
+    cases: list[Case],
+    device: torch.device,
+    path_prefix: str,
+    env: dict,
+    reps: int = 10,
+    max_seconds: float | None = None,
+    interleave: bool = False,
 ) -> tuple[list[Result], str | None]:
     """:func:`run_cases` with :func:`write_results` after every case (the cases still to run listed as not
     run), and SIGTERM ending the run cleanly. Returns the results and None, or, when stopped, the results
@@ -398,7 +478,7 @@ def run_to_files(
 
     try:
         with stop_on_sigterm():
-            results = run_cases(cases, device, reps=reps, after_each=after_each, max_seconds=max_seconds)
+            results = run_cases(cases, device, reps=reps, after_each=after_each, max_seconds=max_seconds, interleave=interleave)
     except Stopped as exc:
         return list(latest), str(exc)
     write_results(path_prefix, env, results, not_run=[])
