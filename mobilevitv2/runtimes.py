@@ -41,6 +41,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -283,11 +284,12 @@ def _open_openvino(path: str, precision: str):
     if got != wanted:
         raise RuntimeError(f"OpenVINO compiled {path} with inference precision {got}, not {wanted}")
     output = compiled.output(0)
+    request, lock = compiled.create_infer_request(), threading.Lock()  # one request, reused; one call at a time
 
     def run(pixel_values: torch.Tensor) -> torch.Tensor:
-        request = compiled.create_infer_request()
-        result = request.infer({0: _numpy_input(pixel_values)})
-        return torch.from_numpy(np.array(result[output], dtype=np.float32, copy=True))
+        with lock:
+            result = request.infer({0: _numpy_input(pixel_values)})
+            return torch.from_numpy(np.array(result[output], dtype=np.float32, copy=True))
 
     return run, {"device": "CPU", "inference_precision": str(got)}
 
