@@ -165,14 +165,17 @@ def time_ms(
 
 
 def time_interleaved_ms(fns: list[Callable[[], object]], reps: int = 10, max_seconds: float | None = None) -> list[float]:
-    """Median ``perf_counter`` milliseconds of each of ``fns`` (warmed up already), timed in rounds of one call
-    of each, so that a CPU whose speed drifts during the run (other tenants, clocks) slows every provider
-    alike instead of whichever ran at the wrong moment. Stops after ``reps`` rounds, or, with
-    ``max_seconds``, once ``max_seconds`` per function have passed (after at least three rounds)."""
+    """Median ``perf_counter`` milliseconds of each of ``fns`` (warmed up already), timed in rounds, so that a
+    CPU whose speed drifts during the run (other tenants, clocks) slows every provider alike instead of
+    whichever ran at the wrong moment. In a round each function is called twice and the second call is
+    timed: the first absorbs what the previous function left behind (runtimes whose idle threads spin for a
+    while after a call, cold caches). Stops after ``reps`` rounds, or, with ``max_seconds``, once
+    ``max_seconds`` per function have passed (after at least three rounds)."""
     times: list[list[float]] = [[] for _ in fns]
     began = time.perf_counter()
     while True:
         for fn, spans in zip(fns, times):
+            fn()
             start = time.perf_counter()
             fn()
             spans.append((time.perf_counter() - start) * 1e3)
