@@ -252,13 +252,19 @@ def run_cases(
             result = Result(case.group, case.provider, float("nan"), error=f"{type(exc).__name__}: {str(exc)[:200]}")
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-        results.append(result)
-        fill_speedups(cases, results)
-        if progress:
-            print(f"    {'error: ' + result.error if result.error else f'{result.ms:.3f} ms'}", file=sys.stderr, flush=True)
-        if after_each is not None:
-            after_each(results)
+        _record(result, cases, results, progress, after_each)
     return results
+
+
+def _record(result: Result, cases: list[Case], results: list[Result], progress: bool,
+            after_each: Callable[[list[Result]], None] | None, label: str = "") -> None:  # fmt: skip
+    """Append ``result``, refresh the speed-ups, print it and hand the results so far to ``after_each``."""
+    results.append(result)
+    fill_speedups(cases, results)
+    if progress:
+        print(f"    {label}{'error: ' + result.error if result.error else f'{result.ms:.3f} ms'}", file=sys.stderr, flush=True)
+    if after_each is not None:
+        after_each(results)
 
 
 def _run_cases_interleaved(
@@ -298,12 +304,7 @@ def _run_cases_interleaved(
             else:
                 ms = medians[i]
                 result = Result(case.group, case.provider, ms, items_per_s=case.items / ms * 1e3 if case.items else None)
-            results.append(result)
-            fill_speedups(cases, results)
-            if progress:
-                print(f"    {case.provider}: {'error: ' + result.error if result.error else f'{result.ms:.3f} ms'}", file=sys.stderr, flush=True)
-            if after_each is not None:
-                after_each(results)
+            _record(result, cases, results, progress, after_each, label=f"{case.provider}: ")
         start = end
     return results
 
