@@ -1,7 +1,8 @@
 """The CPU comparison: what a CPU user would pick, in one run. Width 1.0 at 256x256, batch 1 and 8:
 transformers eager and compiled, ours eager, our fastest PyTorch path (:class:`mobilevitv2.cpu_inference.
 CPUInference`, fp32, and bf16 where the CPU has it), and ONNX Runtime, OpenVINO (f32, and bf16 where the CPU
-has it) and ExecuTorch on our export, each when installed (a one-line note when not). Every provider's
+has it) and ExecuTorch on our export, and OpenVINO on transformers' model converted as it is (the plain
+export ours is measured against), each when installed (a one-line note when not). Every provider's
 first output is checked against ours eager in fp32 on randomised weights (on the default initialisation the
 outputs vanish and a check would prove nothing) and its error is recorded; then separable attention
 against multi-head attention (SDPA) over N at a fixed token count, fp32 and bf16 where the CPU has it."""
@@ -106,7 +107,6 @@ class _Providers:
         from mobilevitv2 import runtimes
 
         return runtimes.load(kind, ours, self.size, self.size, precision=precision)
-
 
     def _transformers_model(self) -> torch.nn.Module:
         import transformers
