@@ -43,7 +43,8 @@ def grouped_softmax_context(
 
 
 class ImageLayoutAttention(nn.Module):
-    """:class:`~mobilevitv2.blocks.MobileViTV2LinearSelfAttention` (inference) on (B, d, H, W) images."""
+    """:class:`~mobilevitv2.blocks.MobileViTV2LinearSelfAttention` on (B, d, H, W) images, for inference
+    only: it has no attention dropout, whatever the mode."""
 
     def __init__(self, attention: MobileViTV2LinearSelfAttention, patch_size: tuple[int, int]) -> None:
         super().__init__()
@@ -78,7 +79,10 @@ class ImageLayoutBlock(nn.Module):
         h, w = H // ph * ph, W // pw * pw
         if (h, w) != (H, W):
             x = x[:, :, :h, :w]
-        x = self.layernorm(self.transformer(x))
+        for layer in self.transformer.layer:  # the modules themselves: a layer's fused op works on patches
+            x = layer.attention(layer.layernorm_before(x)) + x
+            x = layer.ffn(layer.layernorm_after(x)) + x
+        x = self.layernorm(x)
         if (h, w) != (H, W):
             x = F.pad(x, (0, W - w, 0, H - h))
         return self.conv_projection(x)
