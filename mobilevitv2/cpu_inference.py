@@ -16,6 +16,8 @@ choice, never a silent one. The compiled copy owns its weights: later changes to
 
 from __future__ import annotations
 
+import threading
+
 import torch
 from torch import nn
 from torch._inductor import config as inductor_config
@@ -26,6 +28,7 @@ PRECISIONS = ("fp32", "bf16")
 # freezing: weights as constants, convolutions pre-packed; cpp_wrapper: the compiled graph's calls made from
 # C++ instead of Python (about 150 calls per image: 15% at batch 1 in bf16, measured).
 INDUCTOR_OPTIONS = {"freezing": True, "cpp_wrapper": True}
+_CONFIG_LOCK = threading.Lock()  # Inductor's config is process-wide; see CPUInference.__call__
 
 
 def cpu_has_native_bf16() -> bool:
@@ -73,14 +76,14 @@ class CPUInference:
         self,
         model: nn.Module,
         precision: str = "fp32",
+        channels_last: bool = True,
         *,
         micro_batch: int = 1,
         image_layout: bool = False,
-        channels_last: bool = True,
     ) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-        if not isinstance(micro_batch, int) or micro_batch < 1:
+        if isinstance(micro_batch, bool) or not isinstance(micro_batch, int) or micro_batch < 1:
             raise ValueError(f"micro_batch must be a positive int, got {micro_batch!r}")
         if any(p.device.type != "cpu" for p in model.parameters()):
             raise ValueError("CPUInference needs a model on the CPU; call model.cpu() first")
@@ -89,7 +92,9 @@ class CPUInference:
         if channels_last:
             form = form.to(memory_format=torch.channels_last)
         wrapped = _Autocast(form, torch.bfloat16) if precision == "bf16" else _Logits(form)
-        self.compiled = torch.compile(wrapped, fullgraph=True)
+        # dynamic=False: each input shape gets its own static graph (PyTorch would otherwise compile the
+        # second shape it sees as one symbolic-shape graph for every later shape).
+        self.compiled = torch.compile(wrapped, fullgraph=True, dynamic=False)
 
     def __call__(self, pixel_values: torch.Tensor) -> torch.Tensor:
         if pixel_values.device.type != "cpu":
@@ -102,7 +107,8 @@ class CPUInference:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         # Set around each call (a compile happens on the first call of each input shape), not through
-        # torch.compile's ``options``: Inductor's freezing check does not see those.
-        with torch.no_grad(), inductor_config.patch(INDUCTOR_OPTIONS):
+        # torch.compile's ``options``, which Dynamo's freezing check does not see. The config is the
+        # process's: calls hold a lock, so that two threads never compile under each other's settings.
+        with _CONFIG_LOCK, torch.no_grad(), inductor_config.patch(INDUCTOR_OPTIONS):
             chunks = [self.compiled(chunk) for chunk in torch.split(x, self.micro_batch)]
         return chunks[0] if len(chunks) == 1 else torch.cat(chunks)

@@ -47,8 +47,9 @@ def test_bad_input(model):
     fast = CPUInference(model)
     with pytest.raises(ValueError, match=r"shape \(3, 64, 64\)"):
         fast(torch.rand(3, 64, 64))
-    with pytest.raises(ValueError, match="micro_batch"):
-        CPUInference(model, micro_batch=0)
+    for micro_batch in (0, True, 1.5):
+        with pytest.raises(ValueError, match="micro_batch"):
+            CPUInference(model, micro_batch=micro_batch)
     with pytest.raises(ValueError, match="empty batch"):
         fast(torch.rand(0, 3, 64, 64))
 
