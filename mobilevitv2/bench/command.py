@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     parser.add_argument(
         "--max-seconds", type=float, default=None,
-        help="stop warming up and timing a case after this many seconds (at least 3 timed calls); default 2 on a CPU, none on a GPU",
+        help="CPU only: stop warming up and timing a case after this many seconds (at least 3 timed calls); default 2",
     )  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="with --suite targets, training or cpu: tiny shapes, nothing compiled")
     args = parser.parse_args(argv)

@@ -94,7 +94,8 @@ class _Providers:
         ours = self.ours
         if kind.startswith("transformers"):
             model = self._transformers_model()
-            model = torch.compile(model) if kind == "transformers compiled" else model
+            # Static: one compiled graph per batch size, as a user compiling for a fixed batch gets.
+            model = torch.compile(model, dynamic=False) if kind == "transformers compiled" else model
             return lambda x: model(x).logits
         if kind == "openvino transformers":
             return self._openvino_transformers(precision)

@@ -122,10 +122,14 @@ def synchronize(device: torch.device) -> None:
 
 
 def warm_up(fn: Callable[[], object], calls: int = 3, max_seconds: float | None = None) -> None:
-    """``calls`` calls of ``fn``, or, with ``max_seconds``, fewer once that long has passed (at least one)."""
+    """``calls`` calls of ``fn``, or, with ``max_seconds``, fewer once that long has passed since the first
+    call returned (the first may build and compile, which is not warm-up); at least two calls."""
+    if calls < 1:
+        return
+    fn()
     began = time.perf_counter()
-    for i in range(calls):
-        if max_seconds is not None and i >= 1 and time.perf_counter() - began > max_seconds:
+    for i in range(1, calls):
+        if max_seconds is not None and i >= 2 and time.perf_counter() - began > max_seconds:
             break
         fn()
 
@@ -294,7 +298,7 @@ def _run_cases_interleaved(
         if progress and live:
             print(f"    timing {len(live)} providers of {group[0].group} in rounds", file=sys.stderr, flush=True)
         try:
-            medians = dict(zip(live, time_interleaved_ms([group[i].fn for i in live], reps, max_seconds)))
+            medians = dict(zip(live, time_interleaved_ms([group[i].fn for i in live], reps, max_seconds))) if live else {}
         except Exception as exc:  # a provider failing after its checked first call: the group's times are lost
             medians = {}
             errors.update({i: f"{type(exc).__name__} while timing the group: {str(exc)[:200]}" for i in live})
@@ -304,6 +308,8 @@ def _run_cases_interleaved(
             else:
                 ms = medians[i]
                 result = Result(case.group, case.provider, ms, items_per_s=case.items / ms * 1e3 if case.items else None)
+                if case.bytes_moved:
+                    result.fraction_of_copy = case.bytes_moved / ms / copy_bandwidth(device, case.bytes_moved)
             _record(result, cases, results, progress, after_each, label=f"{case.provider}: ")
         start = end
     return results

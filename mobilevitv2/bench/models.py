@@ -20,8 +20,10 @@ from mobilevitv2_kernels.numerics import strict_fp32
 # treats the parameters as constants (inference only, parameters must not change afterwards), so the
 # per-call weight preparation (BatchNorm folding, GroupNorm affine) is folded away at compile time;
 # "frozen cudagraphs" adds CUDA graphs, like mode="reduce-overhead" (which cannot be combined with options).
-# Inductor does not see "freezing" in torch.compile's options (it reads its global config before them), so
-# build() sets it in the config around every call instead (see _frozen_options).
+# torch.compile's options do not freeze (Dynamo decides on freezing from Inductor's global config while
+# tracing, before the options apply), so build() sets it in the config around every call instead (see
+# _frozen_options). Every compile is static (dynamic=False): the groups run the same model code at several
+# shapes, and PyTorch would compile every shape after the first as one symbolic-shape graph.
 _FROZEN = {"fullgraph": True, "options": {"freezing": True}}
 _FROZEN_GRAPHS = {"fullgraph": True, "options": {"freezing": True, "triton.cudagraphs": True}}
 MODEL_PROVIDERS: dict[str, tuple[str, dict, dict | None]] = {
@@ -160,7 +162,7 @@ def model_cases(
         model = model.to(device=device, dtype=cases_dtype)
         model.train(training)
         compile_kwargs, frozen = _frozen_options(compile_kwargs)
-        forward = torch.compile(model, **compile_kwargs) if compile_kwargs is not None else model
+        forward = torch.compile(model, **{"dynamic": False, **compile_kwargs}) if compile_kwargs is not None else model
         if training:
             optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
 
