@@ -41,7 +41,6 @@ import logging
 import os
 import shutil
 import tempfile
-import threading
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -284,12 +283,13 @@ def _open_openvino(path: str, precision: str):
     if got != wanted:
         raise RuntimeError(f"OpenVINO compiled {path} with inference precision {got}, not {wanted}")
     output = compiled.output(0)
-    request, lock = compiled.create_infer_request(), threading.Lock()  # one request, reused; one call at a time
 
     def run(pixel_values: torch.Tensor) -> torch.Tensor:
-        with lock:
-            result = request.infer({0: _numpy_input(pixel_values)})
-            return torch.from_numpy(np.array(result[output], dtype=np.float32, copy=True))
+        # A request per call: one request reused across batch sizes was followed by crashes of the process
+        # later on (seen after batch 1 then batch 8 through one request); a new one costs no measurable time.
+        request = compiled.create_infer_request()
+        result = request.infer({0: _numpy_input(pixel_values)})
+        return torch.from_numpy(np.array(result[output], dtype=np.float32, copy=True))
 
     return run, {"device": "CPU", "inference_precision": str(got)}
 
@@ -299,9 +299,12 @@ def _open_executorch(path: str, precision: str):
     with _quiet():  # the runtime's Python API warns that it is experimental
         from executorch.runtime import Runtime
 
-        method = Runtime.get().load_program(path).load_method("forward")
+        program = Runtime.get().load_program(path)
+        method = program.load_method("forward")
 
-    def run(pixel_values: torch.Tensor) -> torch.Tensor:
+    def run(pixel_values: torch.Tensor, program=program) -> torch.Tensor:
+        # ``program`` is held here for as long as ``method`` is used: the method reads the program's memory,
+        # and a program freed while its method runs corrupts the process (a crash at some later point).
         x = pixel_values.detach().to("cpu", torch.float32)
         # Exported for a batch of 1: one image at a time.
         outputs = [method.execute([x[i : i + 1].contiguous()])[0].clone() for i in range(x.shape[0])]

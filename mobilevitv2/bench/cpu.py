@@ -72,8 +72,7 @@ class _Logits(torch.nn.Module):
 
 
 class _Providers:
-    """Each provider of the CPU comparison built once, on its first use, and shared by every batch size (our
-    CPU path compiles one micro-batch shape for all of them; the runtimes load their export once)."""
+    """The providers of the CPU comparison, built on first use (:meth:`runner`)."""
 
     def __init__(self, width: float, size: int) -> None:
         from mobilevitv2 import MobileViTV2Config, MobileViTV2ForImageClassification
@@ -84,7 +83,12 @@ class _Providers:
         self.width, self.size, self.built = width, size, {}
 
     def runner(self, provider: str):
-        """``provider``'s ``fn(pixel_values) -> logits``."""
+        """``provider``'s ``fn(pixel_values) -> logits``: our CPU path built once (it compiles one
+        micro-batch shape for every batch size), the others anew for each batch size. (OpenVINO models kept
+        across both batch sizes were followed by a crash of the process when it later forked DataLoader
+        workers.)"""
+        if CPU_MODEL_PROVIDERS[provider][0] != "cpu":
+            return self._build(provider)
         if provider not in self.built:
             self.built[provider] = self._build(provider)
         return self.built[provider]
@@ -132,8 +136,8 @@ class _Providers:
             )
         wanted = {"fp32": openvino.Type.f32, "bf16": openvino.Type.bf16}[precision]
         compiled = openvino.Core().compile_model(converted, "CPU", {hints.inference_precision: wanted})
-        request, output = compiled.create_infer_request(), compiled.output(0)
-        return lambda x: torch.from_numpy(request.infer({0: x.numpy()})[output].copy())
+        output = compiled.output(0)  # a request per call, as mobilevitv2.runtimes makes
+        return lambda x: torch.from_numpy(compiled.create_infer_request().infer({0: x.numpy()})[output].copy())
 
 
 def cpu_model_cases(batch: int, providers: list[str], built: _Providers) -> list[Case]:
