@@ -8,10 +8,9 @@ oneDNN's convolutions run fastest in. The compiled graph is called from C++ (Ind
 which saves the Python overhead of its ~150 calls per image. A batch runs as micro-batches (default one
 image): a 256x256 image's largest activations are a few MB and stay in the caches from layer to layer, a
 batch of 8's do not (width 1.0, fp32, 2 cores: 32 ms per image at batch 1, 46 ms per image as one batch
-of 8). bf16 runs the matmuls
-and convolutions in bf16 under autocast (accumulating in fp32; norms and softmax stay fp32): faster on CPUs
-with native bf16 (AVX-512 BF16, AMX), with a logit error of about 5e-2 at logit std 1, so it is an explicit
-choice, never a silent one. The compiled copy owns its weights: later changes to the model do not reach it.
+of 8). bf16 runs the matmuls and convolutions in bf16 under autocast (accumulating in fp32; norms and
+softmax stay fp32): faster on CPUs with native bf16 (AVX-512 BF16, AMX), with a logit error of about 5e-2
+at logit std 1, so it is an explicit choice, never a silent one. The compiled copy owns its weights: later changes to the model do not reach it.
 """
 
 from __future__ import annotations
@@ -52,7 +51,10 @@ class _Autocast(nn.Module):
             return self.model(pixel_values).logits.float()
 
 
-class _Logits(nn.Module):
+class Logits(nn.Module):
+    """A classification or segmentation model (ours or transformers') with its logits as a plain tensor
+    output, what compilers and converters take."""
+
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
@@ -91,7 +93,7 @@ class CPUInference:
         self.channels_last, self.micro_batch, self.precision = channels_last, micro_batch, precision
         if channels_last:
             form = form.to(memory_format=torch.channels_last)
-        wrapped = _Autocast(form, torch.bfloat16) if precision == "bf16" else _Logits(form)
+        wrapped = _Autocast(form, torch.bfloat16) if precision == "bf16" else Logits(form)
         # dynamic=False: each input shape gets its own static graph (PyTorch would otherwise compile the
         # second shape it sees as one symbolic-shape graph for every later shape).
         self.compiled = torch.compile(wrapped, fullgraph=True, dynamic=False)

@@ -1,6 +1,5 @@
-"""The model in the form that is fastest to run at inference on a CPU or in a runtime: BatchNorm folded into
-the convolutions, and every MobileViTV2 block computing its attention in the image layout, with no unfold
-and no fold.
+"""The model in an inference form for a CPU: BatchNorm folded into the convolutions and, optionally, every
+MobileViTV2 block computing its attention in the image layout, with no unfold and no fold.
 
 Why no unfold is needed: in a block, everything but the attention's softmax and weighted sum is pointwise
 per pixel (the 1x1 convolutions, ReLU, the products) or over all of a sample's (d, H, W) values (the
@@ -8,8 +7,9 @@ one-group GroupNorms), so it does not matter in what order the pixels are stored
 run over the N patches for each pixel offset inside a patch; in the image (B, d, H, W) those are the
 pixels (i*ph + r, j*pw + s) for a fixed offset (r, s), reached by viewing H as (H/ph, ph) and W as
 (W/pw, pw) and reducing over the two patch-grid axes. So the block runs on the image as it is, with no
-copy and no transpose (channels-last stays channels-last), which Inductor and the runtimes fuse better than
-the unfold/fold pair; the results equal the reference to float32 rounding (the sums run in another order).
+copy and no transpose; the results equal the reference to float32 rounding (the sums run in another
+order). Measured, it is not faster: Inductor runs it at the same speed and OpenVINO slower than the
+unfold/fold form (docs/design.md, "The CPU inference path"), so it is off by default.
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ def fold_batchnorms(model: nn.Module) -> nn.Module:
     return model
 
 
-def inference_form(model: nn.Module, image_layout: bool = True) -> nn.Module:
+def inference_form(model: nn.Module, image_layout: bool = False) -> nn.Module:
     """A float32 CPU copy of ``model`` (any MobileViTV2 class) in eval mode on the reference path, with
     BatchNorm folded and, if ``image_layout``, the blocks in the image layout (module docstring). Its weights
     are its own: later changes to ``model`` do not reach it. Its state-dict keys differ from the model's (no

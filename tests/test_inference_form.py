@@ -42,7 +42,7 @@ def test_segmentation_equals_the_reference():
     x = torch.rand(1, 3, 96, 80, generator=torch.Generator().manual_seed(1))
     expected = _logits(model, x)
     assert_nontrivial(expected, "reference logits")
-    torch.testing.assert_close(_logits(inference_form(model), x), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(_logits(inference_form(model, image_layout=True), x), expected, atol=1e-5, rtol=1e-5)
 
 
 def test_the_model_is_untouched():

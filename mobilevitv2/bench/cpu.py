@@ -62,15 +62,6 @@ def available_cpu_providers(native_bf16: bool) -> tuple[list[str], list[str]]:
     return providers, notes
 
 
-class _Logits(torch.nn.Module):
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.model(pixel_values).logits
-
-
 class _Providers:
     """The providers of the CPU comparison, built on first use (:meth:`runner`)."""
 
@@ -128,11 +119,13 @@ class _Providers:
         import openvino
         import openvino.properties.hint as hints
 
+        from mobilevitv2.cpu_inference import Logits
+
         shape = (-1, 3, self.size, self.size)
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # tracing warnings about transformers' shape checks
             converted = openvino.convert_model(
-                _Logits(self._transformers_model()), example_input=torch.zeros(1, *shape[1:]), input=[shape]
+                Logits(self._transformers_model()), example_input=torch.zeros(1, *shape[1:]), input=[shape]
             )
         wanted = {"fp32": openvino.Type.f32, "bf16": openvino.Type.bf16}[precision]
         compiled = openvino.Core().compile_model(converted, "CPU", {hints.inference_precision: wanted})

@@ -144,8 +144,8 @@ def time_ms(
 ) -> float:
     """Median milliseconds of ``fn()`` after ``warmup`` calls: CUDA events around each call on a GPU (all
     recorded, then one synchronisation), ``perf_counter`` on the CPU (at least ``min_seconds`` in all; with
-    ``max_seconds``, warm-up and timing each stop early once that long has passed, after at least one
-    warm-up call and three timed ones, so a slow CPU case costs seconds, not minutes)."""
+    ``max_seconds``, warm-up and timing each stop early once that long has passed, after at least two
+    warm-up calls and three timed ones, so a slow CPU case costs seconds, not minutes)."""
     warm_up(fn, warmup, max_seconds if device.type != "cuda" else None)
     times = []
     if device.type == "cuda":
@@ -253,11 +253,15 @@ def run_cases(
                     bandwidth_cache[case.bytes_moved] = copy_bandwidth(device, case.bytes_moved)
                 result.fraction_of_copy = case.bytes_moved / ms / bandwidth_cache[case.bytes_moved]
         except Exception as exc:  # reported in the table and the file
-            result = Result(case.group, case.provider, float("nan"), error=f"{type(exc).__name__}: {str(exc)[:200]}")
+            result = Result(case.group, case.provider, float("nan"), error=_error_text(exc))
             if device.type == "cuda":
                 torch.cuda.empty_cache()
         _record(result, cases, results, progress, after_each)
     return results
+
+
+def _error_text(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {str(exc)[:200]}"
 
 
 def _record(result: Result, cases: list[Case], results: list[Result], progress: bool,
@@ -293,7 +297,7 @@ def _run_cases_interleaved(
             try:
                 warm_up(case.fn, 3, max_seconds)
             except Exception as exc:
-                errors[i] = f"{type(exc).__name__}: {str(exc)[:200]}"
+                errors[i] = _error_text(exc)
         live = [i for i in range(len(group)) if i not in errors]
         if progress and live:
             print(f"    timing {len(live)} providers of {group[0].group} in rounds", file=sys.stderr, flush=True)
@@ -301,7 +305,7 @@ def _run_cases_interleaved(
             medians = dict(zip(live, time_interleaved_ms([group[i].fn for i in live], reps, max_seconds))) if live else {}
         except Exception as exc:  # a provider failing after its checked first call: the group's times are lost
             medians = {}
-            errors.update({i: f"{type(exc).__name__} while timing the group: {str(exc)[:200]}" for i in live})
+            errors.update({i: "while timing the group: " + _error_text(exc) for i in live})
         for i, case in enumerate(group):
             if i in errors:
                 result = Result(case.group, case.provider, float("nan"), error=errors[i])
