@@ -1,21 +1,27 @@
 """The fastest PyTorch inference on a CPU: the model's inference form (:mod:`mobilevitv2.inference_form`,
-BatchNorm folded) compiled by Inductor with freezing, in channels-last, one image at a time, fp32 by default
-and bf16 only when asked for.
+BatchNorm folded) compiled by Inductor with freezing, in channels-last, fp32 by default and bf16 only when
+asked for.
 
 Freezing makes the weights constants of the graph, so Inductor pre-packs the convolution and linear weights
 for oneDNN once instead of on every call (about 20% of the time at batch 1); channels-last is the layout
-oneDNN's convolutions run fastest in. The compiled graph is called from C++ (Inductor's ``cpp_wrapper``),
-which saves the Python overhead of its ~150 calls per image. A batch runs as micro-batches (default one
-image): a 256x256 image's largest activations are a few MB and stay in the caches from layer to layer, a
-batch of 8's do not (width 1.0, fp32, 2 cores: 32 ms per image at batch 1, 46 ms per image as one batch
-of 8). bf16 runs the matmuls and convolutions in bf16 under autocast (accumulating in fp32; norms and
-softmax stay fp32): faster on CPUs with native bf16 (AVX-512 BF16, AMX), with a logit error of about 5e-2
-at logit std 1, so it is an explicit choice, never a silent one. The compiled copy owns its weights: later changes to the model do not reach it.
+oneDNN's convolutions run fastest in. The compiled graphs are called from C++ (Inductor's ``cpp_wrapper``),
+which saves the Python overhead of their ~150 calls per image.
+
+The model runs as two graphs. The stem and stages 1-3 run one image at a time: a 256x256 image's largest
+activations are a few MB and stay in the caches from layer to layer, a batch of 8's do not (fp32, 2 cores:
+32 ms per image at batch 1, 46 ms per image as one batch of 8). Stages 4-5 and the head run on up to 8
+images at once: at 16x16 and 8x8 their 1x1 convolutions are small matmuls per image, and batching them
+took batch 8 from 292 to 262 ms in fp32 and from 167 to 141 ms in bf16 (medians of 20, timed alternately
+in one process), batch 1 unchanged. bf16 runs the matmuls and convolutions in bf16 under autocast
+(accumulating in fp32; norms and softmax stay fp32): faster on CPUs with native bf16 (AVX-512 BF16, AMX),
+with a logit error of about 5e-2 at logit std 1, so it is an explicit choice, never a silent one. The
+compiled copy owns its weights: later changes to the model do not reach it.
 """
 
 from __future__ import annotations
 
 import threading
+import types
 
 import torch
 from torch import nn
@@ -41,14 +47,69 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-class _Autocast(nn.Module):
-    def __init__(self, model: nn.Module, dtype: torch.dtype) -> None:
+# Stages 1-3 (strides 2-8) run one micro-batch at a time, stages 4-5 and the head (strides 16-32, at 256
+# px feature maps of 16x16 and 8x8) on several images at once: their matmuls are small per image and gain
+# from the batch, while the early stages' large activations stay in the caches only one image at a time.
+LATE_STAGES_FROM = 3
+
+
+class _EarlyStages(nn.Module):
+    """The stem and stages 1-3 of an inference form, under bf16 autocast when ``dtype`` is bf16."""
+
+    def __init__(self, form: nn.Module, dtype: torch.dtype) -> None:
         super().__init__()
-        self.model, self.dtype = model, dtype
+        self.backbone, self.dtype = form.mobilevitv2, dtype
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        with torch.autocast("cpu", dtype=self.dtype):
-            return self.model(pixel_values).logits.float()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.dtype == torch.bfloat16):
+            x = self.backbone.conv_stem(pixel_values)
+            for stage in self.backbone.encoder.layer[:LATE_STAGES_FROM]:
+                x = stage(x)
+            return x
+
+
+class _LateStages(nn.Module):
+    """Stages 4-5 and the model's head: the classifier on the pooled features, or the segmentation head;
+    float32 logits."""
+
+    def __init__(self, form: nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.form, self.dtype = form, dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.dtype == torch.bfloat16):
+            for stage in self.form.mobilevitv2.encoder.layer[LATE_STAGES_FROM:]:
+                x = stage(x)
+            if hasattr(self.form, "segmentation_head"):
+                return self.form.segmentation_head(x).float()
+            return self.form.classifier(torch.mean(x, dim=[-2, -1])).float()
+
+
+def compile_with_own_cache(module: nn.Module):
+    """``torch.compile`` of ``module`` (static shapes, one graph) through a function with its own code object.
+    Dynamo keeps compiled graphs, and counts recompiles against its limit (8), per code object; compiling
+    modules directly would share their class's ``forward`` between every CPUInference of the process, so
+    a few models and batch sizes would exhaust the limit (a hard error under ``fullgraph``). Here each
+    compiled module has its own count, and its graphs go with it."""
+
+    def call(x: torch.Tensor) -> torch.Tensor:
+        return module(x)
+
+    own = types.FunctionType(call.__code__.replace(), call.__globals__, call.__name__, None, call.__closure__)
+    return torch.compile(own, fullgraph=True, dynamic=False)
+
+
+def power_of_two_chunks(n: int, largest: int) -> list[int]:
+    """``n`` as chunks of ``largest`` then descending powers of two (13, 8 -> [8, 4, 1]): a compiled shape
+    for each chunk size, at most log2(largest) + 1 of them, and no padding."""
+    chunks = [largest] * (n // largest)
+    rest, size = n % largest, 1 << max(largest.bit_length() - 1, 0)
+    while rest:
+        if size <= rest:
+            chunks.append(size)
+            rest -= size
+        size //= 2
+    return chunks
 
 
 class Logits(nn.Module):
@@ -64,12 +125,16 @@ class Logits(nn.Module):
 
 
 class CPUInference:
-    """``logits = CPUInference(model)(pixel_values)``: compiled on the first call for each micro-batch shape
-    (tens of seconds), fast after that. ``precision``: "fp32" (equal to the model to about 1e-5) or "bf16".
+    """``logits = CPUInference(model)(pixel_values)`` for a MobileViTV2 classification or segmentation
+    model: compiled on the first call for each chunk shape (tens of seconds), fast after that.
+    ``precision``: "fp32" (equal to the model to about 1e-5) or "bf16".
 
-    ``micro_batch``: a batch runs in chunks of this many images (the last chunk may be smaller); on a CPU one
-    image's activations stay in the caches from layer to layer, so chunks of 1 are faster per image than
-    whole batches (``mobilevitv2 bench --suite cpu``), and one compiled shape serves every batch size.
+    A batch runs in groups of at most ``late_batch`` images (so memory stays bounded whatever the batch):
+    each group's stem and stages 1-3 run ``micro_batch`` images at a time (default one: an image's
+    activations stay in the caches from layer to layer, a batch's do not), and its stages 4-5 and head run
+    on the whole group (their matmuls are small per image and gain from the batch), a group's size taken in
+    powers of two so that few shapes are compiled (:func:`power_of_two_chunks`). Measured on a 2-core CPU by
+    ``mobilevitv2 bench --suite cpu``; docs/design.md, "The CPU inference path".
     ``image_layout``: run the blocks' attention on the image, without unfold/fold
     (:mod:`mobilevitv2.inference_form`); BatchNorm is folded either way.
     """
@@ -81,30 +146,38 @@ class CPUInference:
         channels_last: bool = True,
         *,
         micro_batch: int = 1,
+        late_batch: int = 8,
         image_layout: bool = False,
     ) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-        if isinstance(micro_batch, bool) or not isinstance(micro_batch, int) or micro_batch < 1:
-            raise ValueError(f"micro_batch must be a positive int, got {micro_batch!r}")
+        for name, value in (("micro_batch", micro_batch), ("late_batch", late_batch)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if not (hasattr(model, "mobilevitv2") and (hasattr(model, "classifier") or hasattr(model, "segmentation_head"))):
+            raise TypeError(f"CPUInference needs a MobileViTV2 classification or segmentation model, got {type(model).__name__}")
         if any(p.device.type != "cpu" for p in model.parameters()):
             raise ValueError("CPUInference needs a model on the CPU; call model.cpu() first")
         form = inference_form(model, image_layout=image_layout)
-        self.channels_last, self.micro_batch, self.precision = channels_last, micro_batch, precision
+        self.channels_last, self.micro_batch, self.late_batch, self.precision = channels_last, micro_batch, late_batch, precision
         if channels_last:
             form = form.to(memory_format=torch.channels_last)
-        wrapped = _Autocast(form, torch.bfloat16) if precision == "bf16" else Logits(form)
-        # dynamic=False: each input shape gets its own static graph (PyTorch would otherwise compile the
-        # second shape it sees as one symbolic-shape graph for every later shape).
-        self.compiled = torch.compile(wrapped, fullgraph=True, dynamic=False)
+        self.backbone = form.mobilevitv2  # its input checks run before each call
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        # Static shapes: each input shape gets its own graph (PyTorch would otherwise compile the second shape
+        # it sees as one symbolic-shape graph for every later shape).
+        self.early = compile_with_own_cache(_EarlyStages(form, dtype))
+        self.late = compile_with_own_cache(_LateStages(form, dtype))
 
     def __call__(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        if not isinstance(pixel_values, torch.Tensor):
+            raise TypeError(f"pixel_values must be a torch.Tensor, got {type(pixel_values).__name__}")
         if pixel_values.device.type != "cpu":
             raise ValueError(f"CPUInference runs on the CPU; pixel_values are on {pixel_values.device}")
-        if pixel_values.ndim != 4:
-            raise ValueError(f"pixel_values must be (batch, channels, height, width), got shape {tuple(pixel_values.shape)}")
+        self.backbone._check_pixel_values(pixel_values)
         if pixel_values.shape[0] == 0:
             raise ValueError("pixel_values is an empty batch")
+        self.backbone._check_size(pixel_values.shape[2], pixel_values.shape[3])
         x = pixel_values.float()
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -112,5 +185,9 @@ class CPUInference:
         # torch.compile's ``options``, which Dynamo's freezing check does not see. The config is the
         # process's: calls hold a lock, so that two threads never compile under each other's settings.
         with _CONFIG_LOCK, torch.no_grad(), inductor_config.patch(INDUCTOR_OPTIONS):
-            chunks = [self.compiled(chunk) for chunk in torch.split(x, self.micro_batch)]
-        return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
+            logits = [self._group(group) for group in torch.split(x, power_of_two_chunks(len(x), self.late_batch))]
+        return logits[0] if len(logits) == 1 else torch.cat(logits)
+
+    def _group(self, images: torch.Tensor) -> torch.Tensor:
+        features = [self.early(chunk) for chunk in torch.split(images, self.micro_batch)]
+        return self.late(features[0] if len(features) == 1 else torch.cat(features))

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mobilevitv2 import MobileViTV2Config, MobileViTV2ForImageClassification
-from mobilevitv2.cpu_inference import CPUInference, cpu_has_native_bf16
+from mobilevitv2 import MobileViTV2Config, MobileViTV2ForImageClassification, MobileViTV2ForSemanticSegmentation, MobileViTV2Model
+from mobilevitv2.cpu_inference import CPUInference, cpu_has_native_bf16, power_of_two_chunks
 from model_utils import assert_nontrivial, randomize_
 
 
@@ -47,18 +47,47 @@ def test_bad_input(model):
     fast = CPUInference(model)
     with pytest.raises(ValueError, match=r"shape \(3, 64, 64\)"):
         fast(torch.rand(3, 64, 64))
-    for micro_batch in (0, True, 1.5):
+    with pytest.raises(ValueError, match="4 channels"):
+        fast(torch.rand(1, 4, 64, 64))
+    for bad in (0, True, 1.5):
         with pytest.raises(ValueError, match="micro_batch"):
-            CPUInference(model, micro_batch=micro_batch)
+            CPUInference(model, micro_batch=bad)
+        with pytest.raises(ValueError, match="late_batch"):
+            CPUInference(model, late_batch=bad)
+    with pytest.raises(TypeError, match="classification or segmentation model, got MobileViTV2Model"):
+        CPUInference(MobileViTV2Model(MobileViTV2Config.from_width(0.5)))
     with pytest.raises(ValueError, match="empty batch"):
         fast(torch.rand(0, 3, 64, 64))
 
 
-def test_micro_batches_give_the_whole_batch(model):
-    x = torch.rand(5, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+def test_groups_and_micro_batches_give_the_whole_batch(model):
+    x = torch.rand(7, 3, 64, 64, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         expected = model(x).logits
-    got = CPUInference(model, micro_batch=2)(x)  # chunks of 2, 2 and 1
+    # groups of 4, 2 and 1 images through the late stages; the early ones 2, 2 | 2 | 1 at a time
+    got = CPUInference(model, micro_batch=2, late_batch=4)(x)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_power_of_two_chunks():
+    assert power_of_two_chunks(13, 8) == [8, 4, 1]
+    assert power_of_two_chunks(16, 8) == [8, 8]
+    assert power_of_two_chunks(1, 8) == [1]
+    assert power_of_two_chunks(7, 6) == [6, 1]
+    assert power_of_two_chunks(5, 6) == [4, 1]
+    assert power_of_two_chunks(3, 1) == [1, 1, 1]
+    assert all(sum(power_of_two_chunks(n, k)) == n for n in range(1, 40) for k in range(1, 10))
+
+
+def test_segmentation_equals_the_reference():
+    config = MobileViTV2Config.from_width(0.5, num_labels=4, output_stride=16)
+    model = randomize_(MobileViTV2ForSemanticSegmentation(config), seed=5).eval()
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        expected = model(x).logits
+    assert_nontrivial(expected, "reference segmentation logits")
+    got = CPUInference(model)(x)
+    assert got.shape == expected.shape
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
@@ -84,3 +113,13 @@ def test_freezing_takes_effect(model):
     (case,) = model_cases(0.5, 1, torch.float32, torch.device("cpu"), size=64, providers=["ours fused all compiled frozen"])
     case.fn()  # the benchmark's frozen provider
     assert counters["inductor"]["mkldnn_conv_weight_pack_matcher_count"] > after_cpu_path
+
+
+def test_instances_do_not_share_a_recompile_count(model, monkeypatch):
+    """Each CPUInference compiles its own frozen weights; were its graphs counted per class (one shared
+    ``forward`` code object), a process with a few models and batch sizes would hit Dynamo's recompile
+    limit, a hard error under fullgraph. With the limit at 1, two instances must still both compile."""
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
+    x = torch.rand(1, 3, 64, 64)
+    first, second = CPUInference(model), CPUInference(model)
+    torch.testing.assert_close(first(x), second(x), atol=0, rtol=0)
