@@ -72,19 +72,19 @@ class _Providers:
         self.ours = randomize_for_check(MobileViTV2ForImageClassification(config)).eval()
         self.ours.set_implementation("reference", check=False)
         self.width, self.size, self.built = width, size, {}
+        self.converted: tuple[int, object] | None = None  # (batch, transformers' model converted by OpenVINO)
 
-    def runner(self, provider: str):
-        """``provider``'s ``fn(pixel_values) -> logits``: our CPU path built once (it compiles one
-        micro-batch shape for every batch size), the others anew for each batch size. (OpenVINO models kept
-        across both batch sizes were followed by a crash of the process when it later forked DataLoader
-        workers.)"""
+    def runner(self, provider: str, batch: int):
+        """``provider``'s ``fn(pixel_values) -> logits``: our CPU path built once (it compiles its shapes as
+        it meets them), the others anew for each batch size. (OpenVINO models kept across both batch sizes
+        were followed by a crash of the process when it later forked DataLoader workers.)"""
         if CPU_MODEL_PROVIDERS[provider][0] != "cpu":
-            return self._build(provider)
+            return self._build(provider, batch)
         if provider not in self.built:
-            self.built[provider] = self._build(provider)
+            self.built[provider] = self._build(provider, batch)
         return self.built[provider]
 
-    def _build(self, provider: str):
+    def _build(self, provider: str, batch: int):
         kind, precision = CPU_MODEL_PROVIDERS[provider]
         ours = self.ours
         if kind.startswith("transformers"):
@@ -93,7 +93,7 @@ class _Providers:
             model = torch.compile(model, dynamic=False) if kind == "transformers compiled" else model
             return lambda x: model(x).logits
         if kind == "openvino transformers":
-            return self._openvino_transformers(precision)
+            return self._openvino_transformers(precision, batch)
         if kind == "ours":
             return lambda x: ours(x).logits
         if kind == "cpu":
@@ -113,20 +113,23 @@ class _Providers:
         theirs.load_state_dict(self.ours.state_dict())
         return theirs
 
-    def _openvino_transformers(self, precision: str):
-        """transformers' model through ``openvino.convert_model`` (batch left dynamic), compiled with the
-        inference precision set as :mod:`mobilevitv2.runtimes` sets it."""
+    def _openvino_transformers(self, precision: str, batch: int):
+        """transformers' model through ``openvino.convert_model`` (batch left dynamic; converted once per
+        batch size for both precisions), compiled with the inference precision set as
+        :mod:`mobilevitv2.runtimes` sets it."""
         import openvino
         import openvino.properties.hint as hints
 
         from mobilevitv2.cpu_inference import Logits
 
-        shape = (-1, 3, self.size, self.size)
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")  # tracing warnings about transformers' shape checks
-            converted = openvino.convert_model(
-                Logits(self._transformers_model()), example_input=torch.zeros(1, *shape[1:]), input=[shape]
-            )
+        if self.converted is None or self.converted[0] != batch:
+            self.converted = None  # the previous batch size's model is released before the next is made
+            shape = (-1, 3, self.size, self.size)
+            with warnings.catch_warnings(), torch.no_grad():
+                warnings.simplefilter("ignore")  # tracing warnings about transformers' shape checks
+                model = Logits(self._transformers_model())
+                self.converted = (batch, openvino.convert_model(model, example_input=torch.zeros(1, *shape[1:]), input=[shape]))
+        converted = self.converted[1]
         wanted = {"fp32": openvino.Type.f32, "bf16": openvino.Type.bf16}[precision]
         compiled = openvino.Core().compile_model(converted, "CPU", {hints.inference_precision: wanted})
         output = compiled.output(0)  # a request per call, as mobilevitv2.runtimes makes
@@ -141,7 +144,7 @@ def cpu_model_cases(batch: int, providers: list[str], built: _Providers) -> list
 
     def build(provider: str):
         _, precision = CPU_MODEL_PROVIDERS[provider]
-        fn = built.runner(provider)
+        fn = built.runner(provider, batch)
 
         def call():
             with torch.no_grad():
