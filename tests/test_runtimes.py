@@ -279,3 +279,29 @@ def test_int8_without_nncf_names_its_extra(files, capsys, tmp_path, monkeypatch)
     argv = ["export", "--model", files / "cls", "--format", "openvino", "--compression", "int8", "--out", tmp_path / "m.xml"]
     code, _, err = run(argv + ["--height", SIZE, "--width", SIZE], capsys)
     assert_one_line_error(code, err, "nncf", 'pip install "mobilevitv2[openvino-int8]"')
+
+
+@pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="openvino is not installed")
+def test_dataloader_workers_fork_while_an_openvino_model_is_alive(files, tmp_path):
+    """An OpenVINO model loaded and used at two batch sizes stays alive while predict forks its DataLoader
+    workers, three times over. Run in a child process, so that a crash there (one was seen in a process
+    that had kept OpenVINO models across batch sizes) fails this test instead of ending the test run."""
+    import subprocess
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import torch
+        from mobilevitv2 import MobileViTV2ForImageClassification, MobileViTV2ImageProcessor, inference, runtimes
+        model = MobileViTV2ForImageClassification.from_pretrained({str(files / "cls")!r}).eval()
+        processor = MobileViTV2ImageProcessor.from_pretrained({str(files / "cls")!r})
+        paths = [{str(files / "photo0.png")!r}, {str(files / "photo1.png")!r}, {str(files / "photo2.png")!r}] * 2
+        alive = runtimes.load("openvino", model, {SIZE}, {SIZE}, cache_dir={str(tmp_path)!r})
+        alive(torch.rand(1, 3, {SIZE}, {SIZE})), alive(torch.rand(8, 3, {SIZE}, {SIZE}))
+        for _ in range(3):
+            records = list(inference.predict_files(model, processor, paths, batch_size=2, num_workers=2,
+                                                   runtime="openvino", cache_dir={str(tmp_path)!r}))
+            assert len(records) == 6 and not any("error" in r for r in records), records
+        print("ok")
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), (done.returncode, done.stderr[-3000:])
