@@ -28,6 +28,7 @@ from torch import nn
 from torch._inductor import config as inductor_config
 
 from mobilevitv2.inference_form import inference_form
+from mobilevitv2.models import MobileViTV2ForImageClassification, MobileViTV2ForSemanticSegmentation
 
 PRECISIONS = ("fp32", "bf16")
 # freezing: weights as constants, convolutions pre-packed; cpp_wrapper: the compiled graph's calls made from
@@ -80,7 +81,7 @@ class _LateStages(nn.Module):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.dtype == torch.bfloat16):
             for stage in self.form.mobilevitv2.encoder.layer[LATE_STAGES_FROM:]:
                 x = stage(x)
-            if hasattr(self.form, "segmentation_head"):
+            if isinstance(self.form, MobileViTV2ForSemanticSegmentation):
                 return self.form.segmentation_head(x).float()
             return self.form.classifier(torch.mean(x, dim=[-2, -1])).float()
 
@@ -154,8 +155,11 @@ class CPUInference:
         for name, value in (("micro_batch", micro_batch), ("late_batch", late_batch)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if not (hasattr(model, "mobilevitv2") and (hasattr(model, "classifier") or hasattr(model, "segmentation_head"))):
-            raise TypeError(f"CPUInference needs a MobileViTV2 classification or segmentation model, got {type(model).__name__}")
+        if not isinstance(model, (MobileViTV2ForImageClassification, MobileViTV2ForSemanticSegmentation)):
+            raise TypeError(
+                f"CPUInference needs this package's classification or segmentation model, got {type(model).__name__} "
+                "(a transformers checkpoint loads with MobileViTV2ForImageClassification.from_pretrained)"
+            )
         if any(p.device.type != "cpu" for p in model.parameters()):
             raise ValueError("CPUInference needs a model on the CPU; call model.cpu() first")
         form = inference_form(model, image_layout=image_layout)

@@ -3,6 +3,8 @@ the reference in fp32; bf16 only when asked for, within its stated error; clear 
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 import torch
 
@@ -56,6 +58,12 @@ def test_bad_input(model):
             CPUInference(model, late_batch=bad)
     with pytest.raises(TypeError, match="classification or segmentation model, got MobileViTV2Model"):
         CPUInference(MobileViTV2Model(MobileViTV2Config.from_width(0.5)))
+    if importlib.util.find_spec("transformers") is not None:  # theirs is refused with the way to load it as ours
+        import transformers
+
+        theirs = transformers.MobileViTV2ForImageClassification(transformers.MobileViTV2Config(width_multiplier=0.5))
+        with pytest.raises(TypeError, match="from_pretrained"):
+            CPUInference(theirs)
     with pytest.raises(ValueError, match="empty batch"):
         fast(torch.rand(0, 3, 64, 64))
 
