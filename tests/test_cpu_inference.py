@@ -123,11 +123,11 @@ def test_freezing_takes_effect(model):
     assert counters["inductor"]["mkldnn_conv_weight_pack_matcher_count"] > after_cpu_path
 
 
-def test_instances_do_not_share_a_recompile_count(model, monkeypatch):
+def test_instances_do_not_share_a_recompile_count(model):
     """Each CPUInference compiles its own frozen weights; were its graphs counted per class (one shared
     ``forward`` code object), a process with a few models and batch sizes would hit Dynamo's recompile
     limit, a hard error under fullgraph. With the limit at 1, two instances must still both compile."""
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
     x = torch.rand(1, 3, 64, 64)
     first, second = CPUInference(model), CPUInference(model)
-    torch.testing.assert_close(first(x), second(x), atol=0, rtol=0)
+    with torch._dynamo.config.patch(recompile_limit=1):  # the config's own patch: its values are restored
+        torch.testing.assert_close(first(x), second(x), atol=0, rtol=0)
