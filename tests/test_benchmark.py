@@ -515,9 +515,19 @@ def test_gpu_check_kernels_without_a_gpu_fails_with_a_message(tmp_path):
 
 
 def test_gpu_check_kernels_stopped_by_sigterm_keeps_its_results(tmp_path):
-    """A time limit's SIGTERM mid-run: exit status 143, the file valid, marked as stopped, nothing lost."""
+    """A time limit's SIGTERM mid-run: exit status 143, the file valid, marked as stopped, nothing lost. Each
+    timed call of the child takes 0.3 s longer, so that the run is still going when the signal comes (on a
+    fast machine the rest of the smoke run could finish first)."""
     out = tmp_path / "kernels.json"
-    proc = subprocess.Popen([sys.executable, str(GPU_CHECK), "--smoke", "--out", str(out)], cwd=REPO,
+    slowed = (
+        "import runpy, sys, time\n"
+        "from mobilevitv2.bench import harness\n"
+        "once = harness.once_ms\n"
+        "harness.once_ms = lambda fn: (time.sleep(0.3), once(fn))[1]\n"
+        f"sys.argv = [{str(GPU_CHECK)!r}, '--smoke', '--out', {str(out)!r}]\n"
+        f"runpy.run_path({str(GPU_CHECK)!r}, run_name='__main__')\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", slowed], cwd=REPO,
                             env={**os.environ, "TRITON_INTERPRET": "1"}, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)  # fmt: skip
     try:
