@@ -81,6 +81,19 @@ def _report_skipped(ctx: distributed.Context, command: str, skipped: int) -> Non
         print(f"{PROG} {command}: skipped {skipped} unreadable image{plural} (--strict to stop at the first)", file=sys.stderr)
 
 
+def _check_runtime(args: argparse.Namespace, ctx: distributed.Context) -> None:
+    """A missing runtime or a precision it does not compute in, before any work; a note that inductor
+    compiles first."""
+    if args.runtime == "torch" and args.precision != "fp32":
+        raise UsageError(f"--precision {args.precision} goes with --runtime inductor or openvino (torch runs the model as it is)")
+    if args.precision not in runtimes.PRECISIONS[args.runtime]:
+        raise UsageError(f"--runtime {args.runtime} computes in {' or '.join(runtimes.PRECISIONS[args.runtime])}, not {args.precision}")
+    runtimes.require(args.runtime)
+    if args.runtime == "inductor" and ctx.is_main:
+        print(f"{PROG} {args.command}: --runtime inductor compiles the model on the first batch of each shape (tens of seconds each)",
+              file=sys.stderr)  # fmt: skip
+
+
 def _runtime_device(args: argparse.Namespace, ctx: distributed.Context):
     """Where the model loads: the rank's device for --runtime torch; the CPU for an exported runtime (the
     export copies it to the CPU anyway)."""
@@ -107,14 +120,14 @@ def _predict(args: argparse.Namespace, ctx: distributed.Context) -> int:
     elif args.format is not None:
         raise UsageError("--format goes with --output FILE")
     _check_loader_options(args)
-    runtimes.require(args.runtime)  # a missing runtime before any work
+    _check_runtime(args, ctx)
     paths = [path for path, _ in _list_inputs(args.images, ctx)]  # before loading the model
     model, directory = load_model(args.model, "classification", args, device=_runtime_device(args, ctx))
     processor = checkpoint_processor(directory, "classification", quiet=not ctx.is_main)
     k = max(1, min(args.top_k, model.config.num_labels))
     records = inference.predict_files(
         model, processor, paths, batch_size=args.batch_size, num_workers=args.workers, top_k=k, ctx=ctx,
-        progress=args.progress, runtime=args.runtime,
+        progress=args.progress, runtime=args.runtime, precision=args.precision,
     )  # fmt: skip
     target = None
     if args.output is not None:
@@ -207,7 +220,7 @@ def _segment(args: argparse.Namespace, ctx: distributed.Context) -> int:
             if folder is not None and os.path.isfile(folder):
                 raise UsageError(f"{folder} is a file; {option} needs a folder when segmenting a folder or several images")
     _check_loader_options(args)
-    runtimes.require(args.runtime)  # a missing runtime before any work
+    _check_runtime(args, ctx)
     listed = _list_inputs(args.images, ctx)  # before loading the model
     targets = [(args.out, args.overlay)] if one_file else _mask_targets(listed, args.out, args.overlay_dir)
     model, directory = load_model(args.model, "segmentation", args, device=_runtime_device(args, ctx))
@@ -220,6 +233,7 @@ def _segment(args: argparse.Namespace, ctx: distributed.Context) -> int:
     records = inference.segment_files(
         model, processor, [path for path, _ in listed], batch_size=args.batch_size, num_workers=args.workers,
         ctx=ctx, progress=False if one_file else args.progress, keep_images=with_overlays, runtime=args.runtime,
+        precision=args.precision,
     )  # fmt: skip
     written, skipped, error = 0, 0, None
     try:

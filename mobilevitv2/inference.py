@@ -15,8 +15,10 @@ field naming the file, and the caller decides whether to skip it or to fail.
 
 ``runtime`` runs the forward passes elsewhere than in ``model`` itself: "onnxruntime", "openvino" or
 "executorch" export the model once per preprocessed input size (cached, :func:`mobilevitv2.runtimes.load`)
-and run it on the CPU in fp32; a callable ``forward(pixel_values) -> logits`` is used as it is (e.g.
-``runtimes.PerInputSize("openvino", model, precision="bf16")``).
+and run it on the CPU; "inductor" compiles it for the CPU (:class:`mobilevitv2.cpu_inference.CPUInference`,
+tens of seconds per batch shape and input size); a callable ``forward(pixel_values) -> logits`` is used as
+it is. ``precision``: what inductor or OpenVINO computes in, "fp32" (default) or "bf16"
+(:data:`mobilevitv2.runtimes.PRECISIONS`).
 """
 
 from __future__ import annotations
@@ -170,15 +172,21 @@ def run_batches(
             bar.close()
 
 
-def runtime_forward(model: torch.nn.Module, runtime: str | Forward | None, cache_dir: str | None = None) -> Forward | None:
-    """The forward pass for ``runtime``: None for "torch" (or None: ``model`` itself, on its device), a
-    :class:`mobilevitv2.runtimes.PerInputSize` for an exported runtime (raises at once when it is not
-    installed), or ``runtime`` itself when it is a callable."""
-    if runtime is None or runtime == "torch":
-        return None
-    if callable(runtime):
-        return runtime
-    return runtimes.PerInputSize(runtime, model, cache_dir=cache_dir)
+def runtime_forward(
+    model: torch.nn.Module, runtime: str | Forward | None, cache_dir: str | None = None, precision: str = "fp32"
+) -> Forward | None:
+    """The forward pass for ``runtime``: None for "torch" (or None: ``model`` itself, on its device, in its
+    own dtype), a :class:`mobilevitv2.runtimes.PerInputSize` for inductor or an exported runtime (raises at
+    once when it is not installed or does not compute in ``precision``), or ``runtime`` itself when it is a
+    callable."""
+    if runtime is None or runtime == "torch" or callable(runtime):
+        if precision != "fp32":
+            raise ValueError(
+                f"precision {precision!r} is for the inductor and openvino runtimes; the torch runtime (or a callable) "
+                "runs the model as it is"
+            )
+        return None if not callable(runtime) else runtime
+    return runtimes.PerInputSize(runtime, model, cache_dir=cache_dir, precision=precision)
 
 
 # ----- classification ----------------------------------------------------------------------------------------
@@ -194,13 +202,15 @@ def predict_files(
     progress: bool | None = False,
     runtime: str | Forward | None = None,
     cache_dir: str | None = None,
+    precision: str = "fp32",
 ) -> Iterator[dict[str, Any]]:
     """One record per image of this rank's shard, in input order: ``{"image": path, "predictions": [{"index",
     "label", "probability"}, ...]}`` (the ``top_k`` most probable classes, most probable first, probabilities
     rounded to 6 decimals), or ``{"image": path, "error": message}`` for an image that could not be read.
-    ``runtime``: "torch" (default), "onnxruntime", "openvino", "executorch" or a callable (module docstring);
-    ``cache_dir``: where exports are cached (default :func:`mobilevitv2.runtimes.default_cache_dir`)."""
-    forward = runtime_forward(model, runtime, cache_dir)
+    ``runtime``: "torch" (default), "inductor", "onnxruntime", "openvino", "executorch" or a callable, and
+    ``precision``, "fp32" or "bf16" (module docstring); ``cache_dir``: where exports are cached (default
+    :func:`mobilevitv2.runtimes.default_cache_dir`)."""
+    forward = runtime_forward(model, runtime, cache_dir, precision)
     k = max(1, min(top_k, model.config.num_labels))
     id2label = model.config.id2label
 
@@ -341,14 +351,16 @@ def segment_files(
     keep_images: bool = False,
     runtime: str | Forward | None = None,
     cache_dir: str | None = None,
+    precision: str = "fp32",
 ) -> Iterator[dict[str, Any]]:
     """One record per image of this rank's shard, in input order: ``{"image": path, "mask": (H, W) int64
     array of class indices at the image's own size}`` (plus ``"pixels"``, the image as read, with
     ``keep_images``), or ``{"image": path, "error": message}``. ``processor`` should not crop (set
     ``do_center_crop = False``) for the mask to cover the whole image. Images whose preprocessed sizes differ
-    go through the model separately, so each mask is the one the image gets alone. ``runtime`` and
-    ``cache_dir`` as in :func:`predict_files`; an exported runtime exports once per preprocessed size."""
-    forward = runtime_forward(model, runtime, cache_dir)
+    go through the model separately, so each mask is the one the image gets alone. ``runtime``,
+    ``precision`` and ``cache_dir`` as in :func:`predict_files`; an exported runtime exports once per
+    preprocessed size, inductor compiles once per size and batch shape."""
+    forward = runtime_forward(model, runtime, cache_dir, precision)
 
     def finish(logits: torch.Tensor, items: list[Item]) -> list[np.ndarray]:
         masks = processor.post_process_semantic_segmentation(logits, target_sizes=[item.size for item in items])

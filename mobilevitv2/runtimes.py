@@ -6,12 +6,19 @@ stay comparable (hence its length).
 runtime                   exported file               precision it computes in
 ========================  ==========================  ====================================================
 ``torch``                 none (the model itself)     the model's own dtype, device and implementation
+``inductor``              none (compiled in memory)   fp32; bf16 under autocast only when
+                                                      ``precision="bf16"`` is asked for
 ``onnxruntime``           ``.onnx`` (opset 17)        fp32 (CPUExecutionProvider)
 ``openvino``              ``.xml`` + ``.bin`` (IR)    fp32: compiled with ``INFERENCE_PRECISION_HINT`` f32
                                                       (OpenVINO's default on a CPU with bf16 is bf16);
                                                       bf16 only when ``precision="bf16"`` is asked for
 ``executorch``            ``.pte`` (XNNPACK)          fp32
 ========================  ==========================  ====================================================
+
+``inductor`` is this package's own CPU path, :class:`mobilevitv2.cpu_inference.CPUInference`: the model with
+its BatchNorms folded, compiled by Inductor with freezing. It exports nothing and needs nothing beyond
+torch, but compiles for tens of seconds on the first call of each batch shape and input size, so it pays
+for itself over many images of one size, not over a few.
 
 The ONNX and OpenVINO files have a dynamic batch. The ExecuTorch program is exported for a batch of 1
 (XNNPACK lowering with a symbolic batch is not worth its cost here) and the loaded callable runs a batch
@@ -50,14 +57,14 @@ import torch
 
 from mobilevitv2.onnx_export import OPSET, _TensorOutputs, export_onnx, exportable_copy
 
-RUNTIMES = ("torch", "onnxruntime", "openvino", "executorch")
+RUNTIMES = ("torch", "inductor", "onnxruntime", "openvino", "executorch")
 FORMATS = ("onnx", "openvino", "executorch")
 COMPRESSIONS = ("fp16", "int8")
 FORMAT_OF_RUNTIME = {"onnxruntime": "onnx", "openvino": "openvino", "executorch": "executorch"}
 RUNTIME_OF_FORMAT = {fmt: runtime for runtime, fmt in FORMAT_OF_RUNTIME.items()}
 SUFFIXES = {"onnx": ".onnx", "openvino": ".xml", "executorch": ".pte"}
 # What each runtime may compute in; the first is the default.
-PRECISIONS = {"torch": ("fp32", "bf16", "fp16"), "onnxruntime": ("fp32",), "openvino": ("fp32", "bf16"), "executorch": ("fp32",)}
+PRECISIONS = {"torch": ("fp32", "bf16", "fp16"), "inductor": ("fp32", "bf16"), "onnxruntime": ("fp32",), "openvino": ("fp32", "bf16"), "executorch": ("fp32",)}
 # The module each runtime (or step) imports, and the pip extra that installs it.
 MODULES = {"onnxruntime": "onnxruntime", "openvino": "openvino", "executorch": "executorch", "nncf": "nncf"}
 EXTRAS = {"onnxruntime": "onnx", "openvino": "openvino", "executorch": "executorch", "nncf": "openvino-int8"}
@@ -75,8 +82,9 @@ class MissingRuntimeError(ImportError):
 
 def require(name: str):
     """The module for runtime or tool ``name`` ("onnxruntime", "openvino", "executorch", "nncf"), or a
-    one-line :class:`MissingRuntimeError` naming the extra that installs it. ``torch`` is always there."""
-    if name == "torch":
+    one-line :class:`MissingRuntimeError` naming the extra that installs it. ``torch`` and ``inductor`` are
+    always there."""
+    if name in ("torch", "inductor"):
         return torch
     if name not in MODULES:
         raise ValueError(f"unknown runtime {name!r}; choose from {', '.join(RUNTIMES)}")
@@ -220,7 +228,8 @@ class RuntimeModel:
         _, channels, height, width = pixel_values.shape
         if self.height is not None and (height, width) != (self.height, self.width):
             raise ValueError(
-                f"the {self.runtime} model was exported for {self.height}x{self.width} inputs, got {height}x{width}; "
+                f"the {self.runtime} model was {'compiled' if self.path is None else 'exported'} for {self.height}x{self.width} "
+                f"inputs, got {height}x{width}; "
                 "load one per input size"
             )
         if self.channels is not None and channels != self.channels:
@@ -248,8 +257,8 @@ def open_exported(runtime: str, path: str | os.PathLike, *, precision: str = "fp
     """The exported file at ``path`` loaded in ``runtime`` ("onnxruntime", "openvino", "executorch") on the
     CPU, computing in ``precision``. ``height``/``width``/``channels``, when given, are checked on each call."""
     _check_precision(runtime, precision)
-    if runtime == "torch":
-        raise ValueError("the torch runtime runs the model itself; use load('torch', model, ...)")
+    if runtime in ("torch", "inductor"):
+        raise ValueError(f"the {runtime} runtime runs the model itself; use load({runtime!r}, model, ...)")
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no exported model at {path}")
@@ -325,6 +334,13 @@ def _open_torch(model: torch.nn.Module, precision: str) -> Callable[[torch.Tenso
         return logits.float().cpu()
 
     return run
+
+
+def _open_inductor(model: torch.nn.Module, precision: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    from mobilevitv2.cpu_inference import CPUInference
+
+    compiled = CPUInference(model, precision=precision)  # checks the model's type and device
+    return lambda pixel_values: compiled(pixel_values.detach().to("cpu", torch.float32))
 
 
 # ----- the cache ---------------------------------------------------------------------------------------------
@@ -420,7 +436,8 @@ def load(
     (one of :data:`RUNTIMES`), for ``height`` x ``width`` inputs: exported on the first load and reused
     from the cache (``cache_dir``, default :func:`default_cache_dir`) after. ``precision``: what the runtime
     computes in (:data:`PRECISIONS`; fp32 everywhere by default); ``compression``: OpenVINO weight
-    compression, "fp16" or "int8". ``"torch"`` runs ``model`` itself (no export), in its own dtype."""
+    compression, "fp16" or "int8". ``"torch"`` runs ``model`` itself (no export), in its own dtype;
+    ``"inductor"`` compiles it for the CPU (no export; the model must be on the CPU)."""
     _check_precision(runtime, precision)
     if not hasattr(model, "config") or type(model).__name__ not in (
         "MobileViTV2ForImageClassification", "MobileViTV2ForSemanticSegmentation",
@@ -432,6 +449,11 @@ def load(
             raise ValueError("the torch runtime has no weight compression")
         return RuntimeModel("torch", _open_torch(model, precision), path=None, precision=precision, height=None,
                             width=None, channels=channels)  # fmt: skip
+    if runtime == "inductor":
+        if compression is not None:
+            raise ValueError("the inductor runtime has no weight compression")
+        return RuntimeModel("inductor", _open_inductor(model, precision), path=None, precision=precision,
+                            height=height, width=width, channels=channels)  # fmt: skip
     require(runtime)  # before exporting, so a missing runtime costs nothing
     path, cached = cached_export(model, FORMAT_OF_RUNTIME[runtime], height, width, compression=compression, cache_dir=cache_dir)
     loaded = open_exported(runtime, path, precision=precision, height=height, width=width, channels=channels)

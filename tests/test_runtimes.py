@@ -305,3 +305,51 @@ def test_dataloader_workers_fork_while_an_openvino_model_is_alive(files, tmp_pat
     """)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), (done.returncode, done.stderr[-3000:])
+
+
+# ----- inductor: this package's compiled CPU path as a runtime ---------------------------------------------------
+def test_inductor_runtime_matches_pytorch_fp32_and_checks_the_size(model):
+    forward = runtimes.load("inductor", model, SIZE, SIZE)
+    assert (forward.runtime, forward.precision, forward.path) == ("inductor", "fp32", None)
+    x = pixel_values(batch=2)
+    error = relative_error(forward(x), reference_logits(model, x))
+    assert error <= 1e-5, f"inductor fp32: relative max abs logit error {error:.2e}"
+    with pytest.raises(ValueError, match=f"compiled for {SIZE}x{SIZE} inputs, got {SIZE}x{SIZE + 32}"):
+        forward(torch.rand(1, 3, SIZE, SIZE + 32))
+    with pytest.raises(ValueError, match="no weight compression"):
+        runtimes.load("inductor", model, SIZE, SIZE, compression="int8")
+    with pytest.raises(ValueError, match="inductor runs in fp32 or bf16, not 'fp16'"):
+        runtimes.load("inductor", model, SIZE, SIZE, precision="fp16")
+
+
+def test_predict_runtime_inductor_gives_the_torch_top_k(files, capsys):
+    images = sorted(files.glob("photo*.png"))
+    results = {}
+    for runtime in ("torch", "inductor"):
+        argv = ["predict", *images, "--model", files / "cls", "--json", "--top-k", "3", "--runtime", runtime, "--workers", "0", "--batch-size", "2"]
+        code, out, err = run(argv, capsys)
+        assert code == 0, err
+        results[runtime] = json.loads(out)
+        assert ("compiles the model" in err) == (runtime == "inductor"), err
+    assert len(results["torch"]) == len(images)
+    for torch_record, inductor_record in zip(results["torch"], results["inductor"]):
+        assert torch_record["image"] == inductor_record["image"]
+        assert [p["index"] for p in torch_record["predictions"]] == [p["index"] for p in inductor_record["predictions"]]
+        for a, b in zip(torch_record["predictions"], inductor_record["predictions"]):
+            assert abs(a["probability"] - b["probability"]) < 1e-5
+
+
+@pytest.mark.parametrize(
+    "runtime, precision, fragment",
+    [("torch", "bf16", "--precision bf16 goes with --runtime inductor or openvino"),
+     ("onnxruntime", "bf16", "--runtime onnxruntime computes in fp32, not bf16")],
+)  # fmt: skip
+def test_predict_precision_a_runtime_does_not_compute_in_is_one_line(files, capsys, runtime, precision, fragment):
+    code, _, err = run(["predict", files / "photo0.png", "--model", files / "cls", "--runtime", runtime, "--precision", precision], capsys)
+    assert_one_line_error(code, err, fragment)
+
+
+def test_runtime_forward_refuses_a_precision_for_the_model_itself(model):
+    with pytest.raises(ValueError, match="precision 'bf16' is for the inductor and openvino runtimes"):
+        inference.runtime_forward(model, "torch", precision="bf16")
+    assert inference.runtime_forward(model, "torch") is None
