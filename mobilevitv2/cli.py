@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import torch
 
-from mobilevitv2 import inference, runtimes
+from mobilevitv2 import cpu_memory, inference, runtimes
 from mobilevitv2.cli_common import PROG, UsageError
 from mobilevitv2.cli_predict import cmd_predict, cmd_segment
 from mobilevitv2.config import MobileViTV2Config
@@ -33,6 +33,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         from mobilevitv2.training import arguments, train
     except ImportError as exc:
         raise UsageError(f'training needs the train extra ({exc}); pip install "mobilevitv2[train]"') from None
+    if not torch.cuda.is_available():  # training on the CPU: see mobilevitv2.cpu_memory
+        cpu_memory.keep_freed_memory()
     try:
         train(arguments.from_namespace(args))
     except FloatingPointError as exc:

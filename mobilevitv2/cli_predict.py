@@ -10,8 +10,9 @@ import sys
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 
-from mobilevitv2 import distributed, inference, runtimes
+from mobilevitv2 import cpu_memory, distributed, inference, runtimes
 from mobilevitv2.cli_common import PROG, UsageError, checkpoint_processor, load_model, open_image
 from mobilevitv2.image_files import IMAGE_EXTENSIONS, ImageReadError
 from mobilevitv2.inference import palette
@@ -95,9 +96,13 @@ def _check_runtime(args: argparse.Namespace, ctx: distributed.Context) -> None:
 
 
 def _runtime_device(args: argparse.Namespace, ctx: distributed.Context):
-    """Where the model loads: the rank's device for --runtime torch; the CPU for an exported runtime (the
-    export copies it to the CPU anyway)."""
-    return ctx.device if args.runtime == "torch" else "cpu"
+    """Where the model loads: the rank's device for --runtime torch; the CPU for inductor and an exported
+    runtime (the export copies it to the CPU anyway). On the CPU, freed memory is kept in the process
+    (:mod:`mobilevitv2.cpu_memory`: an eager forward pass no longer page-faults its activations in)."""
+    device = torch.device(ctx.device if args.runtime == "torch" else "cpu")
+    if device.type == "cpu":
+        cpu_memory.keep_freed_memory()
+    return device
 
 
 # ----- predict -----------------------------------------------------------------------------------------------
