@@ -156,7 +156,23 @@ def test_main_writes_the_targets_files(tmp_path, capsys):
     assert (tmp_path / "run.csv").read_text().startswith("device,commit,group,provider")
     assert harness.format_table([harness.Result(**row) for row in data["results"]]) in (tmp_path / "run.txt").read_text()
     assert data["not_run"] == []
+    assert data["environment"]["malloc"] == "stock" and "malloc stock" in (tmp_path / "run.txt").read_text()
     assert "speed-up" in capsys.readouterr().out
+
+
+def test_keep_freed_memory_is_recorded_in_the_environment(tmp_path, capsys, monkeypatch):
+    """--keep-freed-memory changes the process's malloc (mobilevitv2.cpu_memory; stubbed here, so the suite's
+    own allocator is left alone) and says so in the results' environment."""
+    pytest.importorskip("transformers")
+    from mobilevitv2 import cpu_memory
+
+    calls = []
+    monkeypatch.setattr(cpu_memory, "keep_freed_memory", lambda: calls.append(1) or True)
+    prefix = tmp_path / "run"
+    assert command.main(["--suite", "targets", "--quick", "--device", "cpu", "--reps", "1", "--out", str(prefix), "--keep-freed-memory"]) == 0
+    assert calls == [1]
+    assert json.loads((tmp_path / "run.json").read_text())["environment"]["malloc"] == "freed memory kept"
+    assert "malloc freed memory kept" in capsys.readouterr().err
 
 
 def test_every_uncompiled_provider_builds_and_passes_its_check():

@@ -10,6 +10,7 @@ import sys
 
 import torch
 
+from mobilevitv2 import cpu_memory
 from mobilevitv2.bench.harness import environment, format_table, run_to_files
 from mobilevitv2.bench.suites import SUITES, default_cases
 
@@ -39,10 +40,21 @@ def main(argv: list[str] | None = None) -> int:
         help="CPU only: stop warming up and timing a case after this many seconds (at least 3 timed calls); default 2",
     )  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="with --suite targets, training or cpu: tiny shapes, nothing compiled")
+    parser.add_argument(
+        "--keep-freed-memory", action="store_true",
+        help="glibc keeps freed memory in the process, as mobilevitv2 predict, segment and train do on a CPU "
+        "(mobilevitv2.cpu_memory): eager PyTorch stops page-faulting its activations in (default: the stock "
+        "allocator, what a plain Python process has)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    kept = args.keep_freed_memory and cpu_memory.keep_freed_memory()
+    if args.keep_freed_memory and not kept:
+        print("bench: --keep-freed-memory has no effect here (not Linux with glibc, or MOBILEVITV2_KEEP_FREED_MEMORY=0)", file=sys.stderr)
     env = environment(device)
-    print(f"mobilevitv2 bench on {env['device']} (torch {env['torch']}, triton {env['triton']}, commit {env['commit']})", file=sys.stderr)
+    env["malloc"] = "freed memory kept" if kept else "stock"
+    print(f"mobilevitv2 bench on {env['device']} (torch {env['torch']}, triton {env['triton']}, commit {env['commit']}, "
+          f"malloc {env['malloc']})", file=sys.stderr)  # fmt: skip
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     prefix = args.out or os.path.join("bench-results", f"{device.type}-{args.suite}-{stamp}")
     cases = SUITES[args.suite](device, quick=args.quick) if args.suite != "default" else default_cases(device)

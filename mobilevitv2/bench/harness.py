@@ -396,7 +396,7 @@ def write_results(
             writer.writerow({"device": env["device"], "commit": env["commit"], **row})
 
     write_atomically(path_prefix + ".csv", write_csv)
-    header = ", ".join(f"{k} {env.get(k)}" for k in ("device", "torch", "triton", "transformers", "commit", "date") if k in env)
+    header = ", ".join(f"{k} {env.get(k)}" for k in ("device", "torch", "triton", "transformers", "commit", "date", "malloc") if k in env)
     text = header + "\n\n" + format_table(results) + "\n"
     if not_run:
         text += f"\nnot run ({len(not_run)}):\n" + "".join(f"  {g} | {p}\n" for g, p in not_run)
