@@ -23,6 +23,9 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# The commands that run a model on the CPU change the process's malloc (mobilevitv2.cpu_memory); the suite
+# runs them in its own process, whose allocator stays as it is (tests/test_cpu_memory.py sets it in children).
+os.environ.setdefault("MOBILEVITV2_KEEP_FREED_MEMORY", "0")
 
 from mobilevitv2_kernels import backends  # noqa: E402  (after TRITON_INTERPRET is settled)
 from mobilevitv2_kernels.numerics import (  # noqa: E402

@@ -18,7 +18,8 @@ from mobilevitv2 import cpu_memory
 print(cpu_memory.keep_freed_memory() if sys.argv[1] == "keep" else None)
 def faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-torch.ones(64 << 18)  # 64 MiB, once, so that the heap has grown to hold it
+for _ in range(3):  # 64 MiB, a few times, so that the heap has grown to hold it
+    torch.ones(64 << 18)
 before = faults()
 for _ in range(10):
     torch.ones(64 << 18)  # allocated, written (every page touched) and freed
@@ -26,7 +27,8 @@ print(faults() - before)
 """
 
 
-def page_faults(mode: str, env: dict | None = None) -> tuple[str, int]:
+def page_faults(mode: str, opt_out: bool = False) -> tuple[str, int]:
+    env = {**os.environ, cpu_memory.ENV: "0" if opt_out else "1"}  # the suite's conftest opts its own process out
     out = subprocess.run([sys.executable, "-c", CHILD, mode], capture_output=True, text=True, timeout=120, env=env, check=True)
     took, faults = out.stdout.split()
     return took, int(faults)
@@ -38,14 +40,16 @@ def test_freed_memory_is_reused_instead_of_faulted_in_again():
     took, stock = page_faults("stock")
     assert stock > pages // 2, f"the stock allocator faulted {stock} pages for {pages} written"  # what is fixed
     took, kept = page_faults("keep")
-    # measured: the pages of one of the ten allocations (the heap's last growth), against all ten when stock
-    assert took == "True" and kept <= pages // 5, f"{kept} page faults for {pages} pages written again"
+    # once the heap has grown: measured about none of them, against all ten when stock
+    assert took == "True" and kept <= pages // 10, f"{kept} page faults for {pages} pages written again"
 
 
 def test_the_opt_out_leaves_malloc_alone():
-    env = {**os.environ, cpu_memory.ENV: "0"}
-    took, faults = page_faults("keep", env)
+    took, faults = page_faults("keep", opt_out=True)
+    pages = 10 * (64 << 20) // os.sysconf("SC_PAGE_SIZE")
     assert took == "False"
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert faults > pages // 2, f"opted out, yet only {faults} page faults for {pages} pages written"
 
 
 def test_predict_on_the_cpu_keeps_freed_memory(tmp_path, capsys, monkeypatch):
