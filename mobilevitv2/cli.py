@@ -33,7 +33,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         from mobilevitv2.training import arguments, train
     except ImportError as exc:
         raise UsageError(f'training needs the train extra ({exc}); pip install "mobilevitv2[train]"') from None
-    if not torch.cuda.is_available():  # training on the CPU: see mobilevitv2.cpu_memory
+    if (args.device or ("cuda" if torch.cuda.is_available() else "cpu")) == "cpu":  # see mobilevitv2.cpu_memory
         cpu_memory.keep_freed_memory()
     try:
         train(arguments.from_namespace(args))
@@ -124,8 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     strict_help = "stop at the first unreadable image (default: skip it, count it and go on)"
     runtime_help = (
         "torch (default: the model itself, on the GPU when there is one); inductor: this package's CPU path, "
-        "compiled on the first batch of each shape and size (tens of seconds each, then the fastest PyTorch on a "
-        "CPU: for many images); or an export run on the CPU: onnxruntime, openvino, executorch (exported once per "
+        "compiled on the first batch of each shape and size (tens of seconds each, then our fastest PyTorch path "
+        "on a CPU: for many images); or an export run on the CPU: onnxruntime, openvino, executorch (exported once per "
         "preprocessed size, cached in $MOBILEVITV2_CACHE)"
     )
     precision_help = (

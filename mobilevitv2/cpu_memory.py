@@ -9,8 +9,9 @@ per call (80 ms in all), batch 8 358,000 and 1.0 s (1,039 ms in all); with :func
 and 55 ms and 420 ms. Compiled code (:class:`mobilevitv2.cpu_inference.CPUInference`) and the runtimes
 allocate once and are not affected.
 
-:func:`keep_freed_memory` changes the whole process's ``malloc`` (every block from the heap, up to 1 GiB of
-freed memory kept for reuse instead of returned to the system), so the library never calls it on its own:
+:func:`keep_freed_memory` changes the whole process's ``malloc``: every block comes from the heap, and freed
+memory stays in the process for reuse (the heap is trimmed only when more than 1 GiB is free at its top), so
+the process keeps about its peak memory until it ends. The library therefore never calls it on its own:
 the ``mobilevitv2`` command does, for the commands that run a model on the CPU, unless
 ``MOBILEVITV2_KEEP_FREED_MEMORY=0``.
 """
@@ -28,9 +29,11 @@ _M_MMAP_MAX = -4
 
 
 def keep_freed_memory(keep_bytes: int = 1 << 30) -> bool:
-    """Make glibc serve every ``malloc`` from its heap (no mmap per block) and keep up to ``keep_bytes`` of
-    freed memory; True when it took effect, False elsewhere (not Linux, not glibc) or when
-    ``$MOBILEVITV2_KEEP_FREED_MEMORY`` is 0."""
+    """Make glibc serve every ``malloc`` from its heap (no mmap per block) and trim the heap only when more
+    than ``keep_bytes`` are free at its top; True when it took effect, False elsewhere (not Linux, not glibc)
+    or when ``$MOBILEVITV2_KEEP_FREED_MEMORY`` is 0."""
+    if isinstance(keep_bytes, bool) or not isinstance(keep_bytes, int) or keep_bytes < 0:
+        raise ValueError(f"keep_bytes must be a non-negative int, got {keep_bytes!r}")
     if os.environ.get(ENV, "1").strip() == "0" or platform.system() != "Linux":
         return False
     try:

@@ -182,8 +182,8 @@ def runtime_forward(
     if runtime is None or runtime == "torch" or callable(runtime):
         if precision != "fp32":
             raise ValueError(
-                f"precision {precision!r} is for the inductor and openvino runtimes; the torch runtime (or a callable) "
-                "runs the model as it is"
+                f"precision {precision!r} is for the inductor and openvino runtimes; here the torch runtime (or a callable) "
+                "runs the model as it is, in its own dtype"
             )
         return None if not callable(runtime) else runtime
     return runtimes.PerInputSize(runtime, model, cache_dir=cache_dir, precision=precision)

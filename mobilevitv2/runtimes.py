@@ -469,6 +469,8 @@ class PerInputSize:
     def __init__(self, runtime: str, model: torch.nn.Module, **load_options: Any) -> None:
         _check_precision(runtime, load_options.get("precision", "fp32"))
         require(runtime)
+        if runtime == "inductor" and any(p.device.type != "cpu" for p in model.parameters()):
+            raise ValueError("the inductor runtime compiles for the CPU and needs the model there; call model.cpu() first")
         self.runtime, self.model, self.load_options = runtime, model, load_options
         self.loaded: dict[tuple[int, int], RuntimeModel] = {}
 

@@ -353,3 +353,32 @@ def test_runtime_forward_refuses_a_precision_for_the_model_itself(model):
     with pytest.raises(ValueError, match="precision 'bf16' is for the inductor and openvino runtimes"):
         inference.runtime_forward(model, "torch", precision="bf16")
     assert inference.runtime_forward(model, "torch") is None
+
+
+@pytest.mark.parametrize("command", ["predict", "segment"])
+@pytest.mark.parametrize("runtime", ["inductor", pytest.param("openvino", marks=needs("openvino"))])
+def test_precision_reaches_the_runtime(files, capsys, tmp_path, monkeypatch, command, runtime):
+    """--precision bf16 with a runtime that computes in it is accepted and handed to the runtime, for predict and
+    segment (the runtime stubbed: it records what it was asked for and runs the model eagerly)."""
+    asked = []
+
+    class Recording:
+        def __init__(self, runtime, model, cache_dir=None, precision="fp32"):
+            asked.append((runtime, precision))
+            self.model = model
+
+        def __call__(self, pixel_values):
+            with torch.no_grad():
+                return self.model(pixel_values).logits
+
+    monkeypatch.setattr(runtimes, "PerInputSize", Recording)
+    model = files / ("cls" if command == "predict" else "seg")
+    target = ["--json"] if command == "predict" else ["--out", tmp_path / "mask.png"]
+    code, _, err = run([command, files / "photo0.png", "--model", model, "--runtime", runtime, "--precision", "bf16", "--workers", "0", *target], capsys)
+    assert code == 0, err
+    assert asked == [(runtime, "bf16")]
+
+
+def test_inductor_refuses_a_model_off_the_cpu_at_once(model):
+    with pytest.raises(ValueError, match="needs the model there; call model.cpu"):
+        runtimes.PerInputSize("inductor", classifier().to("meta"))
