@@ -22,6 +22,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from torch._dynamo.utils import counters
 
 from image_utils import synthetic_photo
 from mobilevitv2 import (
@@ -308,12 +309,22 @@ def test_dataloader_workers_fork_while_an_openvino_model_is_alive(files, tmp_pat
 
 
 # ----- inductor: this package's compiled CPU path as a runtime ---------------------------------------------------
+def compiled_graph_count() -> int:
+    """Graphs Dynamo has compiled in this process so far."""
+    return counters["stats"]["unique_graphs"]
+
+
 def test_inductor_runtime_matches_pytorch_fp32_and_checks_the_size(model):
     forward = runtimes.load("inductor", model, SIZE, SIZE)
     assert (forward.runtime, forward.precision, forward.path) == ("inductor", "fp32", None)
     x = pixel_values(batch=2)
+    graphs, packed = compiled_graph_count(), counters["inductor"]["mkldnn_conv_weight_pack_matcher_count"]
     error = relative_error(forward(x), reference_logits(model, x))
     assert error <= 1e-5, f"inductor fp32: relative max abs logit error {error:.2e}"
+    # the compiled, frozen CPU path ran, not the model eagerly: new graphs, convolutions pre-packed
+    assert compiled_graph_count() > graphs
+    if torch.backends.mkldnn.is_available():
+        assert counters["inductor"]["mkldnn_conv_weight_pack_matcher_count"] > packed
     with pytest.raises(ValueError, match=f"compiled for {SIZE}x{SIZE} inputs, got {SIZE}x{SIZE + 32}"):
         forward(torch.rand(1, 3, SIZE, SIZE + 32))
     with pytest.raises(ValueError, match="no weight compression"):
@@ -327,8 +338,10 @@ def test_predict_runtime_inductor_gives_the_torch_top_k(files, capsys):
     results = {}
     for runtime in ("torch", "inductor"):
         argv = ["predict", *images, "--model", files / "cls", "--json", "--top-k", "3", "--runtime", runtime, "--workers", "0", "--batch-size", "2"]
+        graphs = compiled_graph_count()
         code, out, err = run(argv, capsys)
         assert code == 0, err
+        assert (compiled_graph_count() > graphs) == (runtime == "inductor"), "only --runtime inductor compiles"
         results[runtime] = json.loads(out)
         assert ("compiles the model" in err) == (runtime == "inductor"), err
     assert len(results["torch"]) == len(images)
