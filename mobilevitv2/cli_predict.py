@@ -95,14 +95,17 @@ def _check_runtime(args: argparse.Namespace, ctx: distributed.Context) -> None:
               file=sys.stderr)  # fmt: skip
 
 
-def _runtime_device(args: argparse.Namespace, ctx: distributed.Context):
+def _runtime_device(args: argparse.Namespace, ctx: distributed.Context) -> torch.device:
     """Where the model loads: the rank's device for --runtime torch; the CPU for inductor and an exported
-    runtime (the export copies it to the CPU anyway). On the CPU, freed memory is kept in the process
-    (:mod:`mobilevitv2.cpu_memory`: an eager forward pass no longer page-faults its activations in)."""
-    device = torch.device(ctx.device if args.runtime == "torch" else "cpu")
+    runtime (the export copies it to the CPU anyway)."""
+    return torch.device(ctx.device if args.runtime == "torch" else "cpu")
+
+
+def _prepare_process(device: torch.device) -> None:
+    """On the CPU, freed memory is kept in the process (:mod:`mobilevitv2.cpu_memory`: an eager forward pass
+    no longer page-faults its activations in); elsewhere nothing to do."""
     if device.type == "cpu":
         cpu_memory.keep_freed_memory()
-    return device
 
 
 # ----- predict -----------------------------------------------------------------------------------------------
@@ -127,7 +130,9 @@ def _predict(args: argparse.Namespace, ctx: distributed.Context) -> int:
     _check_loader_options(args)
     _check_runtime(args, ctx)
     paths = [path for path, _ in _list_inputs(args.images, ctx)]  # before loading the model
-    model, directory = load_model(args.model, "classification", args, device=_runtime_device(args, ctx))
+    device = _runtime_device(args, ctx)
+    _prepare_process(device)
+    model, directory = load_model(args.model, "classification", args, device=device)
     processor = checkpoint_processor(directory, "classification", quiet=not ctx.is_main)
     k = max(1, min(args.top_k, model.config.num_labels))
     records = inference.predict_files(
@@ -228,7 +233,9 @@ def _segment(args: argparse.Namespace, ctx: distributed.Context) -> int:
     _check_runtime(args, ctx)
     listed = _list_inputs(args.images, ctx)  # before loading the model
     targets = [(args.out, args.overlay)] if one_file else _mask_targets(listed, args.out, args.overlay_dir)
-    model, directory = load_model(args.model, "segmentation", args, device=_runtime_device(args, ctx))
+    device = _runtime_device(args, ctx)
+    _prepare_process(device)
+    model, directory = load_model(args.model, "segmentation", args, device=device)
     # The whole image, resized but not cropped, so the mask covers every pixel of it.
     processor = checkpoint_processor(directory, "segmentation", quiet=not ctx.is_main)
     processor.do_center_crop = False
