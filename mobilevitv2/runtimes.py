@@ -55,7 +55,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mobilevitv2.onnx_export import OPSET, _TensorOutputs, export_onnx, exportable_copy
+from mobilevitv2.onnx_export import OPSET, _TensorOutputs, export_onnx, exportable_copy, with_two_pass_group_norms
 
 RUNTIMES = ("torch", "inductor", "onnxruntime", "openvino", "executorch")
 FORMATS = ("onnx", "openvino", "executorch")
@@ -72,6 +72,9 @@ DESCRIPTIONS = {"onnxruntime": "the onnxruntime runtime", "openvino": "the openv
                 "executorch": "the executorch runtime", "nncf": "nncf (for int8 weight compression)"}  # fmt: skip
 CACHE_ENV = "MOBILEVITV2_CACHE"
 EXECUTORCH_BATCH = 1
+# The version of how each format is written, part of the cache key: a changed recipe writes new files
+# instead of reusing files written the old way (executorch 2: the GroupNorms in two passes).
+EXPORT_RECIPES = {"onnx": 1, "openvino": 1, "executorch": 2}
 
 _TORCH_DTYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
@@ -159,7 +162,8 @@ def export(
       (dynamic batch) and saved as IR (``path`` .xml and its .bin) with fp32 weights, or
       ``compression="fp16"`` / ``"int8"`` compressed weights.
     * ``"executorch"``: ``torch.export`` of :func:`~mobilevitv2.onnx_export.exportable_copy` for a batch of
-      1, lowered with the XNNPACK partitioner (fp32), written as a ``.pte`` program.
+      1, its GroupNorms computed in two passes (:class:`~mobilevitv2.onnx_export.TwoPassGroupNorm`), lowered
+      with the XNNPACK partitioner (fp32), written as a ``.pte`` program.
     """
     _check_format(format, compression)
     path = os.fspath(path)
@@ -178,7 +182,8 @@ def _export_openvino(model, path: str, height: int, width: int, compression: str
         raise ValueError(f"{path}: an OpenVINO IR file name ends with .xml (the weights go beside it as .bin)")
     ov = require("openvino")
     nncf = require("nncf") if compression == "int8" else None
-    wrapper = _TensorOutputs(exportable_copy(model, height, width)).eval()
+    # The norms in two passes: ExecuTorch's own group_norm loses precision (onnx_export.TwoPassGroupNorm).
+    wrapper = _TensorOutputs(with_two_pass_group_norms(exportable_copy(model, height, width))).eval()
     channels = model.config.num_channels
     with _quiet(), torch.no_grad():
         # From the module itself (no ONNX file in between), the batch left dynamic.
@@ -192,17 +197,24 @@ def _export_openvino(model, path: str, height: int, width: int, compression: str
 
 def _export_executorch(model, path: str, height: int, width: int) -> None:
     require("executorch")
+    # The norms in two passes: ExecuTorch's own group_norm loses precision (onnx_export.TwoPassGroupNorm).
+    wrapper = _TensorOutputs(with_two_pass_group_norms(exportable_copy(model, height, width))).eval()
+    example = torch.zeros(EXECUTORCH_BATCH, model.config.num_channels, height, width)
+    with open(path, "wb") as f:
+        f.write(executorch_program(wrapper, example))
+
+
+def executorch_program(module: torch.nn.Module, example: torch.Tensor) -> bytes:
+    """``module`` exported by ``torch.export`` for ``example``'s shape and lowered with the XNNPACK
+    partitioner: the bytes of a ``.pte`` program."""
+    require("executorch")
     with _quiet():
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
         from executorch.exir import to_edge_transform_and_lower
 
-    wrapper = _TensorOutputs(exportable_copy(model, height, width)).eval()
-    example = torch.zeros(EXECUTORCH_BATCH, model.config.num_channels, height, width)
     with _quiet(), torch.no_grad():
-        program = torch.export.export(wrapper, (example,))
-        lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()]).to_executorch()
-    with open(path, "wb") as f:
-        f.write(lowered.buffer)
+        program = torch.export.export(module, (example,))
+        return to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()]).to_executorch().buffer
 
 
 # ----- opening an exported file ------------------------------------------------------------------------------
@@ -358,8 +370,8 @@ def _runtime_versions(format: str, compression: str | None) -> dict[str, str | N
 
 def cache_key(model: torch.nn.Module, height: int, width: int, format: str, compression: str | None = None) -> str:
     """A sha256 (hex) of everything the exported file depends on: the weights (every state_dict tensor's
-    name, dtype, shape and bytes), the config, the model class, the input size, the format and compression,
-    and the versions of torch, this package and the exporting/running packages."""
+    name, dtype, shape and bytes), the config, the model class, the input size, the format, its recipe
+    version and the compression, and the versions of torch, this package and the exporting/running packages."""
     from mobilevitv2 import __version__
 
     digest = hashlib.sha256()
@@ -372,6 +384,7 @@ def cache_key(model: torch.nn.Module, height: int, width: int, format: str, comp
         "compression": compression,
         "opset": OPSET if format == "onnx" else None,
         "executorch_batch": EXECUTORCH_BATCH if format == "executorch" else None,
+        "recipe": EXPORT_RECIPES[format],
         "torch": torch.__version__,
         "mobilevitv2": __version__,
         "runtime": _runtime_versions(format, compression),
