@@ -156,6 +156,16 @@ def test_executorch_norms_keep_their_precision_on_shifted_activations():
     assert error <= 1e-5 * expected.abs().max().item(), f"max abs error {error:.2e}"
 
 
+@needs("openvino")
+def test_only_the_executorch_export_replaces_the_group_norms(model, tmp_path):
+    """The two-pass norms are for ExecuTorch's group_norm alone; OpenVINO keeps its own fused
+    GroupNormalization (and ONNX its GroupNorm pattern) from the plain eager graph."""
+    ov = runtimes.require("openvino")
+    xml = runtimes.export(model, tmp_path / "m.xml", "openvino", SIZE, SIZE)[0]  # the files written, .xml first
+    op_types = {op.get_type_name() for op in ov.Core().read_model(str(xml)).get_ops()}
+    assert "GroupNormalization" in op_types, sorted(op_types)
+
+
 def test_unsupported_precision_and_compression_are_refused(model, cache):
     with pytest.raises(ValueError, match="onnxruntime runs in fp32"):
         runtimes.load("onnxruntime", model, SIZE, SIZE, cache_dir=cache, precision="bf16")
