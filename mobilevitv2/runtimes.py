@@ -48,6 +48,7 @@ import logging
 import os
 import shutil
 import tempfile
+import unittest.mock
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -214,7 +215,21 @@ def executorch_program(module: torch.nn.Module, example: torch.Tensor) -> bytes:
 
     with _quiet(), torch.no_grad():
         program = torch.export.export(module, (example,))
-        return to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()]).to_executorch().buffer
+        with _dynamo_reset_skipped():
+            return to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()]).to_executorch().buffer
+
+
+@contextlib.contextmanager
+def _dynamo_reset_skipped():
+    """``torch._dynamo.reset`` made a no-op for the duration. XNNPACK's lowering builds the patterns it
+    matches (bilinear upsampling, SDPA) on first use by strict ``torch.export``, which starts with that
+    reset: it would drop every graph compiled in the process so far (``torch.compile``,
+    :class:`~mobilevitv2.cpu_inference.CPUInference`), each compiled again on its next call, tens of seconds
+    apiece on a CPU. The patterns are small modules of their own, traced with no cached code to clear."""
+    import torch._dynamo
+
+    with unittest.mock.patch.object(torch._dynamo, "reset", lambda: None):
+        yield
 
 
 # ----- opening an exported file ------------------------------------------------------------------------------

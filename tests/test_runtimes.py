@@ -156,6 +156,27 @@ def test_executorch_norms_keep_their_precision_on_shifted_activations():
     assert error <= 1e-5 * expected.abs().max().item(), f"max abs error {error:.2e}"
 
 
+@needs("executorch")
+def test_executorch_export_keeps_the_graphs_compiled_in_the_process():
+    """XNNPACK's lowering builds its upsampling patterns by strict torch.export, which resets Dynamo: every
+    compiled graph of the process would compile again on its next call (the bench's compiled providers
+    did, tens of seconds each). The patterns are built first with the reset skipped."""
+    from executorch.backends.xnnpack.partition.graphs import bilinear_2d, sdpa
+    from torch._dynamo.testing import CompileCounter
+
+    bilinear_2d._get_bilinear_2d_graphs.cache_clear()  # as in a fresh process: the patterns not built yet
+    sdpa.get_graphs.cache_clear()
+    counter = CompileCounter()
+    compiled = torch.compile(lambda t: torch.sin(t) + 1, backend=counter, dynamic=False)
+    x = torch.rand(1, 4, 8, 8)
+    compiled(x)
+    assert counter.frame_count == 1
+    runtimes.executorch_program(torch.nn.Sequential(torch.nn.Conv2d(4, 4, 1)).eval(), x)
+    assert bilinear_2d._get_bilinear_2d_graphs.cache_info().currsize == 1  # the lowering's patterns were built
+    compiled(x)
+    assert counter.frame_count == 1, "the ExecuTorch export dropped the process's compiled graphs"
+
+
 @needs("openvino")
 def test_only_the_executorch_export_replaces_the_group_norms(model, tmp_path):
     """The two-pass norms are for ExecuTorch's group_norm alone; OpenVINO keeps its own fused
