@@ -18,10 +18,9 @@ from mobilevitv2 import cpu_memory
 print(cpu_memory.keep_freed_memory() if sys.argv[1] == "keep" else None)
 def faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-# 64 MiB, ten times first, so that the heap has settled: the blocks are aligned to 64 bytes (split off
-# larger free chunks), and while other threads' small blocks land between them a freed block is not always
-# the one the next takes. On a loaded machine 3 rounds first left a later round faulting a fresh block in
-# (11 of 24 children); 10 rounds first, none of 24.
+# 64 MiB, ten times first, so that the heap has settled. On a loaded machine the blocks came at two or
+# three alternating addresses, each faulted in on its first use only (logged with data_ptr); 3 rounds
+# first left a later round faulting a fresh block in (11 of 24 children), 10 rounds first none of 24.
 for _ in range(10):
     torch.ones(64 << 18)
 before = faults()
