@@ -158,9 +158,9 @@ def test_executorch_norms_keep_their_precision_on_shifted_activations():
 
 @needs("executorch")
 def test_executorch_export_keeps_the_graphs_compiled_in_the_process():
-    """XNNPACK's lowering builds its upsampling patterns by strict torch.export, which resets Dynamo: every
-    compiled graph of the process would compile again on its next call (the bench's compiled providers
-    did, tens of seconds each). The patterns are built first with the reset skipped."""
+    """XNNPACK's lowering builds its upsampling and SDPA patterns by strict torch.export, which resets
+    Dynamo: every compiled graph of the process would compile again on its next call (the bench's compiled
+    providers did, tens of seconds each). The lowering runs with the reset skipped."""
     from executorch.backends.xnnpack.partition.graphs import bilinear_2d, sdpa
     from torch._dynamo.testing import CompileCounter
 
