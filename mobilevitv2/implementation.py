@@ -38,9 +38,19 @@ PARTS = {
 }  # fmt: skip
 OPTIONS = {part.option: part for part in PARTS.values()}
 PRESETS = ("fused", REFERENCE)
-# Where "auto" takes each part's fused kernels (device types). Provisional: every fused path on CUDA, none
-# on the CPU (where the Triton interpreter is a test vehicle); `bash bench/gpu_all.sh measure` decides.
-FUSED_IS_FASTER: dict[str, frozenset[str]] = {name: frozenset({"cuda"}) for name in PARTS}
+# Where "auto" takes each part's fused kernels: the device types, and for the transformer layer the least
+# number of patches N (the last dimension of its (B, d, P, N) input). Measured on an H200 (fp16, batch 256,
+# commit f37c05c; bench/results/gpu-h200-f37c05c): the fused attention beats the reference 4x forward and
+# 3x forward+backward; the fused inverted residual is 1.3-24x slower than cuDNN's three convolutions at
+# every width-1.0 shape, so "auto" never takes it; the fused transformer layer is 1.5x faster than the
+# module at N=256 and slower at N=64 (0.76x) and N=16 (0.46x). Nothing on the CPU, where Triton runs only
+# in its interpreter (a test vehicle).
+FUSED_IS_FASTER: dict[str, frozenset[str]] = {
+    "attention": frozenset({"cuda"}),
+    "conv": frozenset(),
+    "transformer": frozenset({"cuda"}),
+}
+FUSED_MIN_PATCHES: dict[str, int] = {"transformer": 256}
 # The word this package used for the reference path before; still accepted, with one warning.
 _OLD_REFERENCE_WORD = "eager"
 _warned: set[str] = set()
@@ -103,6 +113,8 @@ def backend_for(choice: str | None, part: str, x: torch.Tensor) -> str | None:
     if choice is None or choice == REFERENCE:
         return None
     if choice == AUTO and x.device.type not in FUSED_IS_FASTER[part]:
+        return None
+    if choice == AUTO and part in FUSED_MIN_PATCHES and x.shape[-1] < FUSED_MIN_PATCHES[part]:
         return None
     return choice
 

@@ -16,6 +16,7 @@ import mobilevitv2_kernels as mk
 from mobilevitv2 import MobileViTV2Config, MobileViTV2ForImageClassification, MobileViTV2ForSemanticSegmentation
 from mobilevitv2.blocks import MobileViTV2TransformerLayer
 from mobilevitv2.layers import MobileViTV2InvertedResidual
+from mobilevitv2_kernels.numerics import strict_fp32
 from model_utils import (
     assert_close_fp32,
     assert_half_precision_within_eager_error,
@@ -211,13 +212,21 @@ def test_gpu_training_step_and_compile(backend):
     labels = torch.randint(0, 4, (2, 128, 128), device="cuda")
     # The DeepLabV3 head has dropout (aspp_dropout_prob, classifier_dropout_prob): the same seed gives both
     # models the same masks; unseeded, the gradients differ by ~0.5 whatever the backend.
-    torch.manual_seed(0)
-    eager(x, labels=labels).loss.backward()
-    torch.manual_seed(0)
-    fused(x, labels=labels).loss.backward()
+    # In IEEE float32: with TF32 convolutions (cuDNN's default) the two backward passes, whose inputs differ
+    # by float32 rounding after the first attention, differ by ~1e-3 in the stem's weight gradient.
+    with strict_fp32():
+        torch.manual_seed(0)
+        eager(x, labels=labels).loss.backward()
+        torch.manual_seed(0)
+        fused(x, labels=labels).loss.backward()
     fused_params = dict(fused.named_parameters())
+    failures = []
     for name, p in eager.named_parameters():
-        assert_close_fp32(fused_params[name].grad, p.grad, f"grad of {name}", tol=1e-4)
+        try:
+            assert_close_fp32(fused_params[name].grad, p.grad, f"grad of {name}", tol=1e-4)
+        except AssertionError as error:
+            failures.append(str(error))
+    assert not failures, f"{len(failures)} gradients differ:\n" + "\n".join(failures)
     eager.eval(), fused.eval()
     with torch.no_grad():
         expected = eager(x).logits
@@ -303,7 +312,7 @@ def test_classification_fused_convs_match_eager(conv_op_calls, kernel_variants):
         got = fused(x, output_hidden_states=True)
     # stage 1 (1), stage 2 (2), then per stage 3-5 the down-sampling block and the local convs (no expand)
     assert conv_op_calls == ["triton"] * 9
-    # the automatic (provisional) rule: the halo kernel for the two stride-1 blocks, recompute for the rest;
+    # the automatic rule: the halo kernel for the two stride-1 blocks, recompute for the rest;
     # the local convs (no expand conv) always run recompute
     assert kernel_variants == [(1, "halo"), (2, "recompute"), (1, "halo")] + [(2, "recompute"), (1, "recompute")] * 3
     assert_nontrivial(expected.logits, "eager logits")
@@ -429,13 +438,14 @@ def test_conv_implementation_option(tmp_path, monkeypatch):
 @pytest.mark.gpu
 def test_gpu_model_fused_convs():
     """fp32 exact (TF32 off: ieee_fp32, as the fp32 kernel uses IEEE dots), fp16/bf16 within 2x the eager model's own
-    error, with conv_implementation="auto" (Triton on CUDA) and fused attention."""
+    error, with conv_implementation="triton" ("auto" keeps cuDNN's convolutions, measured faster) and fused
+    attention."""
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")
     if "triton" not in mk.available_backends("cuda", op="inverted_residual"):
         pytest.skip("triton cannot run on this GPU machine")
     eager, fused = conv_model_pair(MobileViTV2ForImageClassification, num_labels=10)
-    eager, fused = eager.cuda(), fused.cuda().set_conv_implementation("auto").set_attn_implementation("auto")
+    eager, fused = eager.cuda(), fused.cuda().set_conv_implementation("triton").set_attn_implementation("auto")
     x = torch.randn(4, 3, 256, 256, device="cuda")
     with torch.no_grad():
         expected = eager(x).logits
@@ -559,8 +569,8 @@ def test_gpu_model_fused_layers():
     if "triton" not in mk.available_backends("cuda", op="transformer_layer"):
         pytest.skip("triton cannot run on this GPU machine")
     eager, fused = layer_model_pair(MobileViTV2ForImageClassification, num_labels=10)
-    eager, fused = eager.cuda(), fused.cuda().set_attn_implementation("auto").set_conv_implementation("auto")
-    fused.set_transformer_implementation("auto")
+    eager, fused = eager.cuda(), fused.cuda().set_attn_implementation("auto").set_conv_implementation("triton")
+    fused.set_transformer_implementation("triton")  # "auto" would take it only from N=256 patches on
     x = torch.randn(4, 3, 256, 256, device="cuda")
     with torch.no_grad():
         expected = eager(x).logits

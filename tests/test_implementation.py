@@ -111,3 +111,9 @@ def test_auto_uses_the_fused_path_only_where_it_is_faster(monkeypatch):
     assert implementation.backend_for("auto", "conv", x) == "auto"
     assert implementation.backend_for("triton", "transformer", x) == "triton"  # an explicit choice is kept
     assert implementation.backend_for("reference", "attention", x) is None
+    # The transformer layer's fused op pays only from FUSED_MIN_PATCHES patches on.
+    monkeypatch.setitem(implementation.FUSED_IS_FASTER, "transformer", frozenset({"cpu"}))
+    n = implementation.FUSED_MIN_PATCHES["transformer"]
+    assert implementation.backend_for("auto", "transformer", torch.zeros(1, 8, 4, n)) == "auto"
+    assert implementation.backend_for("auto", "transformer", torch.zeros(1, 8, 4, n - 1)) is None
+    assert implementation.backend_for("triton", "transformer", torch.zeros(1, 8, 4, n - 1)) == "triton"

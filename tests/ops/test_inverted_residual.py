@@ -356,7 +356,7 @@ def test_halo_scratch_in_x_dtype(triton_device, assert_close):
 
 
 def test_variant_selection():
-    """variant=None is the PROVISIONAL automatic rule (halo at stride 1, recompute at stride 2); settings of
+    """variant=None is the automatic rule (halo at stride 1, recompute at stride 2); settings of
     the other variant and unknown variants are refused."""
     from mobilevitv2_kernels.triton_kernels import inverted_residual as ir
 
