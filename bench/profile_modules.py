@@ -108,13 +108,14 @@ def main() -> int:
 
     config = MobileViTV2Config.from_width(args.width, num_labels=1000)
     models = {}
-    variants = {"ours eager": ("reference", "reference")}
+    # (attention, conv, transformer); "auto" keeps cuDNN for the convs, "triton" runs the fused ones
+    variants = {"ours eager": ("reference", "reference", "reference")}
     if device.type == "cuda":
-        variants.update({"ours fused": ("auto", "reference"), "ours fused all": ("auto", "auto")})
-    for name, (attn, inference_fusions) in variants.items():
+        variants.update({"ours fused": ("auto", "reference", "reference"), "ours fused all": ("auto", "auto", "auto"),
+                         "ours fused convs": ("auto", "triton", "auto")})  # fmt: skip
+    for name, (attn, conv, transformer) in variants.items():
         m = MobileViTV2ForImageClassification(MobileViTV2Config.from_width(args.width, num_labels=1000))
-        models[name] = m.set_implementation(attention=attn, conv=inference_fusions, transformer=inference_fusions,
-                                            check=False)  # fmt: skip
+        models[name] = m.set_implementation(attention=attn, conv=conv, transformer=transformer, check=False)
     try:
         import transformers
 

@@ -40,11 +40,13 @@ OPTIONS = {part.option: part for part in PARTS.values()}
 PRESETS = ("fused", REFERENCE)
 # Where "auto" takes each part's fused kernels: the device types, and for the transformer layer the least
 # number of patches N (the last dimension of its (B, d, P, N) input). Measured on an H200 (fp16, batch 256,
-# commit f37c05c; bench/results/gpu-h200-f37c05c): the fused attention beats the reference 4x forward and
-# 3x forward+backward; the fused inverted residual is 1.3-24x slower than cuDNN's three convolutions at
-# every width-1.0 shape, so "auto" never takes it; the fused transformer layer is 1.5x faster than the
-# module at N=256 and slower at N=64 (0.76x) and N=16 (0.46x). Nothing on the CPU, where Triton runs only
-# in its interpreter (a test vehicle).
+# commit f37c05c; bench/results/gpu-h200-f37c05c): the fused attention beats the reference 4.1-4.5x forward
+# and 1.5-3.2x forward+backward at the three width-1.0 stage shapes; the fused inverted residual is 1.3-24x
+# slower than cuDNN's three convolutions at the five block shapes measured (not layer.3's down-sampling
+# block, nor the local-conv form without an expand conv), so "auto" never takes it; the fused transformer
+# layer is 1.5x faster than the module at N=256 (d=128) and slower at N=64 (d=192: 0.76x) and N=16 (d=256:
+# 0.46x), one point per N, all at batch 256, so the threshold is a coarse one. Nothing on the CPU, where
+# Triton runs only in its interpreter (a test vehicle).
 FUSED_IS_FASTER: dict[str, frozenset[str]] = {
     "attention": frozenset({"cuda"}),
     "conv": frozenset(),

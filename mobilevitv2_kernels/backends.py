@@ -103,8 +103,11 @@ def auto_backend(device: str | torch.device, dtype: torch.dtype, op: str | None 
     and dtype; else the reference. On the CPU this is always the reference.
 
     The CUDA-before-Triton order, measured on an H200 (fp16, the three width-1.0 stage shapes at batch
-    256, commit f37c05c): separable attention forward+backward 0.26-0.33 ms on CUDA, 0.65-0.91 ms on
-    Triton; unfold and fold are within 1.6x either way (bench/results/gpu-h200-f37c05c)."""
+    256, commit f37c05c; bench/results/gpu-h200-f37c05c): separable attention forward+backward through
+    autograd 0.26-0.33 ms on CUDA, 0.65-0.91 ms on Triton (far above Triton's forward and backward kernels
+    timed alone, 0.09-0.34 ms together, probably host overhead of the launches, not profiled; timed
+    alone, Triton is faster at (256, 192, 4, 64)); unfold and fold within 1.6x either way at the first two
+    shapes, CUDA 2.5x faster at N=16."""
     device = torch.device(device)
     if dtype not in KERNEL_DTYPES:
         return "reference"

@@ -182,7 +182,7 @@ def test_compile_fullgraph_traces_the_fused_ops_cpu():
 NO_DROPOUT = dict(aspp_dropout_prob=0.0, classifier_dropout_prob=0.0)
 
 
-def assert_training_gradients_within_fp32_noise(eager, fused, x, labels):
+def assert_training_gradients_within_fp32_noise(eager, fused, x, labels, attention_calls, backend):
     """One training step (train mode: BatchNorm on batch statistics) of the float32 ``eager`` and ``fused``
     models and of a float64 copy of ``eager``, the oracle. Every parameter's gradient of ``fused`` must be
     within twice the float32 eager model's own error against the oracle (plus 1e-5 of its scale). A float32
@@ -191,6 +191,8 @@ def assert_training_gradients_within_fp32_noise(eager, fused, x, labels):
     oracle = copy.deepcopy(eager).double()
     for model, inputs in ((eager, x), (fused, x), (oracle, x.double())):
         model(inputs, labels=labels).loss.backward()
+    # the fused model ran the op, and only it did (else the check would compare the eager model with itself)
+    assert attention_calls and set(attention_calls) == {backend}, attention_calls
     fused_params, oracle_params = dict(fused.named_parameters()), dict(oracle.named_parameters())
     failures = []
     for name, p in eager.named_parameters():
@@ -204,11 +206,12 @@ def assert_training_gradients_within_fp32_noise(eager, fused, x, labels):
 
 
 @needs_cpu_triton
-def test_training_gradients_within_fp32_noise_cpu():
+def test_training_gradients_within_fp32_noise_cpu(monkeypatch):
     eager, fused = pair(MobileViTV2ForSemanticSegmentation, num_labels=4, output_stride=16, **NO_DROPOUT)
     eager.train(), fused.set_attn_implementation(CPU_FUSED).train()
     x = torch.randn(2, 3, 64, 64)
-    assert_training_gradients_within_fp32_noise(eager, fused, x, torch.randint(0, 4, (2, 64, 64)))
+    calls = record_op_calls(monkeypatch, "separable_attention")
+    assert_training_gradients_within_fp32_noise(eager, fused, x, torch.randint(0, 4, (2, 64, 64)), calls, CPU_FUSED)
 
 
 # ----- on a GPU, for real -----------------------------------------------------------------------------------
@@ -237,14 +240,17 @@ def test_gpu_fused_fp32_and_low_precision(backend):
 @gpu
 @needs_gpu
 @pytest.mark.parametrize("backend", gpu_backends() or ["none"])
-def test_gpu_training_step_and_compile(backend):
+def test_gpu_training_step_and_compile(backend, monkeypatch):
     if backend == "none":
         pytest.skip("no fused backend on this GPU machine")
     eager, fused = pair(MobileViTV2ForSemanticSegmentation, num_labels=4, output_stride=16, **NO_DROPOUT)
     eager, fused = eager.cuda().train(), fused.cuda().set_attn_implementation(backend).train()
     x = torch.randn(2, 3, 128, 128, device="cuda")
     labels = torch.randint(0, 4, (2, 128, 128), device="cuda")
-    assert_training_gradients_within_fp32_noise(eager, fused, x, labels)
+    real_op = mk.separable_attention
+    calls = record_op_calls(monkeypatch, "separable_attention")
+    assert_training_gradients_within_fp32_noise(eager, fused, x, labels, calls, backend)
+    monkeypatch.setattr(mk, "separable_attention", real_op)  # the compiled graphs below call the op itself
     eager.eval(), fused.eval()
     with torch.no_grad():
         expected = eager(x).logits
@@ -555,6 +561,29 @@ def test_transformer_auto_is_eager_on_cpu(layer_op_calls):
     with torch.no_grad():
         assert model(torch.randn(1, 3, 64, 64)).logits.shape == (1, 2)
     assert layer_op_calls == []
+
+
+def test_transformer_auto_takes_the_fused_layer_from_the_measured_patch_count(monkeypatch):
+    """Where "auto" takes the fused layer (made to include the CPU here), it does so only for the layers
+    with at least FUSED_MIN_PATCHES patches: at 256x256 the first MobileViTV2 block's (N = 16 x 16), not
+    the later ones' (N = 64, 16)."""
+    from mobilevitv2 import implementation
+
+    monkeypatch.setitem(implementation.FUSED_IS_FASTER, "transformer", frozenset({"cpu"}))
+    patch_counts = []
+    real_op = mk.transformer_layer
+
+    def spy(x, *args, **kwargs):
+        patch_counts.append(x.shape[-1])
+        return real_op(x, *args, **kwargs)
+
+    monkeypatch.setattr(mk, "transformer_layer", spy)
+    config = MobileViTV2Config.from_width(0.5, num_labels=2)
+    model = MobileViTV2ForImageClassification(config).eval().set_transformer_implementation("auto")
+    with torch.no_grad():
+        model(torch.randn(1, 3, 256, 256))
+    assert implementation.FUSED_MIN_PATCHES["transformer"] == 256
+    assert patch_counts == [256] * config.n_attn_blocks[0]
 
 
 def test_transformer_implementation_option(tmp_path):

@@ -24,9 +24,9 @@ def choose_variant(stride: int, variant: str | None = None) -> str:
 
     The automatic rule: "halo" at stride 1 (it executes ~1.4-1.9x the unfused expand FLOPs where
     "recompute" executes 9x), "recompute" at stride 2 (2.25x there, and no scratch buffer). Measured by
-    ``bench/gpu_check_kernels.py`` on an H200 (fp16, batch 256, the five width-1.0 shapes, commit f37c05c):
-    the rule picks the faster variant at all five, halo 1.04x and 1.65x at stride 1, recompute 1.5-1.7x at
-    stride 2.
+    ``bench/gpu_check_kernels.py`` on an H200 (fp16, batch 256, five of the six width-1.0 block shapes,
+    commit f37c05c): the rule picks the faster variant at all five, halo 1.04x and 1.65x at stride 1,
+    recompute 1.5-1.7x at stride 2.
     """
     if variant is None:
         return "halo" if stride == 1 else "recompute"
