@@ -10,6 +10,7 @@ tested in tests/ops/.
 """
 
 import copy
+import statistics
 
 import pytest
 import torch
@@ -184,22 +185,34 @@ NO_DROPOUT = dict(aspp_dropout_prob=0.0, classifier_dropout_prob=0.0)
 
 def assert_training_gradients_within_fp32_noise(eager, fused, x, labels, attention_calls, backend):
     """One training step (train mode: BatchNorm on batch statistics) of the float32 ``eager`` and ``fused``
-    models and of a float64 copy of ``eager``, the oracle. Every parameter's gradient of ``fused`` must be
-    within twice the float32 eager model's own error against the oracle (plus 1e-5 of its scale). A float32
-    comparison of the two models alone cannot tell: the eager model's own float32 gradients are ~1e-4 off in
-    the stem, where the rounding of every layer above adds up."""
+    models and of a float64 copy of ``eager``, the oracle. Each parameter's gradient of ``fused`` must be
+    within 3x the float32 noise there: the eager model's own error against the oracle on that tensor, plus
+    the eager model's median error relative to scale (over all tensors) times this tensor's scale.
+
+    Why so: float32 rounding grows through the layers above, so the eager model's own stem gradient is
+    ~1e-4-3e-4 off the oracle at these sizes, and per-tensor errors of equally exact float32 computations
+    scatter by about 3x (measured on the CPU, 128x128: the reference attention with another summation order
+    reached 2.7x the eager model's error on one tensor, Triton 2.8x, the CUDA kernels' emulation 3.5x, while
+    each kernel's own error is within 2x of PyTorch's float32 one, tests/ops). The median term keeps a
+    tensor whose eager error is small by chance from being judged against that chance. A wrong gradient, or
+    weights off by 1e-4, exceeds the bound many times over."""
     oracle = copy.deepcopy(eager).double()
     for model, inputs in ((eager, x), (fused, x), (oracle, x.double())):
         model(inputs, labels=labels).loss.backward()
     # the fused model ran the op, and only it did (else the check would compare the eager model with itself)
     assert attention_calls and set(attention_calls) == {backend}, attention_calls
     fused_params, oracle_params = dict(fused.named_parameters()), dict(oracle.named_parameters())
-    failures = []
+    rows = []  # (name, fused error, eager's own error, scale)
     for name, p in eager.named_parameters():
         expected = oracle_params[name].grad
         own = (p.grad.double() - expected).abs().max().item()
         err = (fused_params[name].grad.double() - expected).abs().max().item()
-        bound = 2 * own + 1e-5 * max(1.0, expected.abs().max().item())
+        rows.append((name, err, own, expected.abs().max().item()))
+    median_relative = statistics.median(own / scale for _, _, own, scale in rows if scale > 0)
+    assert 0 < median_relative < 1e-3, f"eager's own float32 error relative to scale: {median_relative:.3g}"
+    failures = []
+    for name, err, own, scale in rows:
+        bound = 3 * (own + median_relative * scale)
         if not err <= bound:
             failures.append(f"grad of {name}: error {err:.3g} against float64 > {bound:.3g} (eager's own {own:.3g})")
     assert not failures, f"{len(failures)} gradients off:\n" + "\n".join(failures)
