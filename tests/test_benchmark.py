@@ -175,16 +175,29 @@ def test_keep_freed_memory_is_recorded_in_the_environment(tmp_path, capsys, monk
     assert "malloc freed memory kept" in capsys.readouterr().err
 
 
-def test_every_uncompiled_provider_builds_and_passes_its_check():
+def test_every_uncompiled_provider_builds_and_passes_its_check(monkeypatch):
     """Each provider that needs no compilation builds its model, runs, and matches ours eager in fp32 (on the
     CPU "auto" means eager and "triton" runs under the interpreter), so a typo in the table cannot cost a
-    GPU run."""
+    GPU run. The fused inverted residual ("+conv", conv="triton") is called as the provider asks but runs
+    its reference backend: under the interpreter the kernel would take 90 s here, and tests/ops and
+    tests/test_fused_model.py test it."""
+    import mobilevitv2_kernels
+
     pytest.importorskip("transformers")
+    conv_backends = []
+    real_op = mobilevitv2_kernels.inverted_residual
+
+    def reference_inverted_residual(*args, backend=None, **kwargs):
+        conv_backends.append(backend)
+        return real_op(*args, backend="reference", **kwargs)
+
+    monkeypatch.setattr(mobilevitv2_kernels, "inverted_residual", reference_inverted_residual)
     providers = [p for p, (_, _, compile_kwargs) in models.MODEL_PROVIDERS.items() if compile_kwargs is None]
-    assert "ours fused all (triton only)" in providers
+    assert "ours fused all (triton only)" in providers and "ours fused+conv" in providers
     cases = models.model_cases(0.5, 1, torch.float32, CPU, size=64, providers=providers)
     results = harness.run_cases(cases, CPU, reps=1, progress=False)
     assert [r.error for r in results] == [None] * len(providers), results
+    assert conv_backends and set(conv_backends) == {"triton"}  # only "+conv" asks for the fused convs
 
 
 def test_write_results_writes_a_table_and_what_has_not_run(tmp_path):
