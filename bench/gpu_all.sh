@@ -12,7 +12,7 @@
 #
 # Measured on an H200 (commit f37c05c): verify 233 s (the build 22 s, the 190 tests 147 s on 8
 # workers), measure 177 s (targets 126 s, kernels 51 s), the machine's start about 30 s. Call measure right
-# after verify, while the machine is still warm (30 s), and both fit a 15-minute lease with a rerun.
+# after verify, while the machine is still warm (30 s): both, a start and a rerun fit in 15 minutes.
 #
 # Results: at most 8 files per stage in $OUT (default bench/results/gpu-<stage>). The exit status is
 # non-zero if any step failed or ran out of time, and the last line says which.

@@ -114,9 +114,9 @@ def backend_for(choice: str | None, part: str, x: torch.Tensor) -> str | None:
     """The kernel backend a module runs ``part`` with on input ``x``, or None for the reference path."""
     if choice is None or choice == REFERENCE:
         return None
-    if choice == AUTO and x.device.type not in FUSED_IS_FASTER[part]:
-        return None
-    if choice == AUTO and part in FUSED_MIN_PATCHES and x.shape[-1] < FUSED_MIN_PATCHES[part]:
+    if choice == AUTO and (
+        x.device.type not in FUSED_IS_FASTER[part] or x.shape[-1] < FUSED_MIN_PATCHES.get(part, 0)
+    ):
         return None
     return choice
 
