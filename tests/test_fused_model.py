@@ -179,52 +179,61 @@ def test_compile_fullgraph_traces_the_fused_ops_cpu():
     assert_close_fp32(grad, expected_grad, "compiled qkv_proj grad", tol=1e-4)
 
 
-# The DeepLabV3 head's dropout off: the float64 oracle's masks would differ from the float32 models'.
-NO_DROPOUT = dict(aspp_dropout_prob=0.0, classifier_dropout_prob=0.0)
+# The gradient checks train the classifier, its dropout off (the float64 oracle's masks would differ from
+# the float32 models'). Not the DeepLabV3 head: its ReLUs after train-mode BatchNorm (the pooling branch's
+# normalising 2 values per channel at a batch of 2) put activations within float32 noise of a kink, where one
+# activation on the other side changes a gradient discontinuously (measured on the CPU: an exact reordering of
+# the attention's sum flipped one ReLU and was 330x the float32 noise on that branch's gradients).
+CLASSIFIER_NO_DROPOUT = dict(num_labels=10, classifier_dropout_prob=0.0)
 
 
 def assert_training_gradients_within_fp32_noise(eager, fused, x, labels, attention_calls, backend):
     """One training step (train mode: BatchNorm on batch statistics) of the float32 ``eager`` and ``fused``
     models and of a float64 copy of ``eager``, the oracle. Each parameter's gradient of ``fused`` must be
-    within 3x the float32 noise there: the eager model's own error against the oracle on that tensor, plus
-    the eager model's median error relative to scale (over all tensors) times this tensor's scale.
+    within 3x the float32 noise there: the larger error against the oracle of two equally exact float32
+    computations, the eager model and the eager model on an input one rounding away, plus the eager model's
+    median error relative to scale (over all tensors) times this tensor's scale.
 
-    Why so: float32 rounding grows through the layers above, so the eager model's own stem gradient is
-    ~1e-4-3e-4 off the oracle at these sizes, and per-tensor errors of equally exact float32 computations
-    scatter by about 3x (measured on the CPU, 128x128: the reference attention with another summation order
-    reached 2.7x the eager model's error on one tensor, Triton 2.8x, the CUDA kernels' emulation 3.5x, while
-    at the op their backward errors, 1.5e-6 to 9.4e-6, are PyTorch's own float32 ones, 1.0e-6 to 9.4e-6).
-    The median term keeps a tensor whose eager error is small by chance from being judged against that
-    chance. A wrong gradient, or one weight off by 1e-5 of itself, exceeds the bound."""
+    Why so: float32 rounding grows through the layers above, by an amount that differs from tensor to tensor
+    and from input to input, so one computation's error can be small by chance where another's is not; the
+    second computation measures that growth, and the median term keeps a tensor whose errors are both small
+    by chance from being judged against that chance. Measured on the CPU (128x128, batch 2, 10 seeds): exact
+    float32 alternatives of the op (the Triton kernels, the reference with its sum reordered) reached at most
+    0.53 of the bound; the query's gradient scaled by 0.99 exceeded it 340-390x, dropped 28000x."""
     oracle = copy.deepcopy(eager).double()
-    for model, inputs in ((eager, x), (fused, x), (oracle, x.double())):
+    twin = copy.deepcopy(eager)
+    # the input one rounding away: about one float32 ulp on every element
+    x_twin = x + x * torch.finfo(torch.float32).eps * torch.randn(x.shape, generator=torch.Generator().manual_seed(1)).to(x.device)
+    assert (x_twin != x).any()
+    for model, inputs in ((eager, x), (twin, x_twin), (fused, x), (oracle, x.double())):
         model(inputs, labels=labels).loss.backward()
     # the fused model ran the op, and only it did (else the check would compare the eager model with itself)
     assert attention_calls and set(attention_calls) == {backend}, attention_calls
-    fused_params, oracle_params = dict(fused.named_parameters()), dict(oracle.named_parameters())
-    rows = []  # (name, fused error, eager's own error, scale)
+    fused_params, twin_params, oracle_params = (dict(m.named_parameters()) for m in (fused, twin, oracle))
+    rows = []  # (name, fused error, the float32 computations' error, eager's own error, scale)
     for name, p in eager.named_parameters():
         expected = oracle_params[name].grad
         own = (p.grad.double() - expected).abs().max().item()
+        twin_err = (twin_params[name].grad.double() - expected).abs().max().item()
         err = (fused_params[name].grad.double() - expected).abs().max().item()
-        rows.append((name, err, own, expected.abs().max().item()))
-    median_relative = statistics.median(own / scale for _, _, own, scale in rows if scale > 0)
+        rows.append((name, err, max(own, twin_err), own, expected.abs().max().item()))
+    median_relative = statistics.median(own / scale for _, _, _, own, scale in rows if scale > 0)
     assert 0 < median_relative < 1e-3, f"eager's own float32 error relative to scale: {median_relative:.3g}"
     failures = []
-    for name, err, own, scale in rows:
-        bound = 3 * (own + median_relative * scale)
+    for name, err, noise, own, scale in rows:
+        bound = 3 * (noise + median_relative * scale)
         if not err <= bound:
-            failures.append(f"grad of {name}: error {err:.3g} against float64 > {bound:.3g} (eager's own {own:.3g})")
+            failures.append(f"grad of {name}: error {err:.3g} against float64 > {bound:.3g} (float32's own {noise:.3g})")
     assert not failures, f"{len(failures)} gradients off:\n" + "\n".join(failures)
 
 
 @needs_cpu_triton
 def test_training_gradients_within_fp32_noise_cpu(monkeypatch):
-    eager, fused = pair(MobileViTV2ForSemanticSegmentation, num_labels=4, output_stride=16, **NO_DROPOUT)
+    eager, fused = pair(MobileViTV2ForImageClassification, **CLASSIFIER_NO_DROPOUT)
     eager.train(), fused.set_attn_implementation(CPU_FUSED).train()
     x = torch.randn(2, 3, 64, 64)
     calls = record_op_calls(monkeypatch, "separable_attention")
-    assert_training_gradients_within_fp32_noise(eager, fused, x, torch.randint(0, 4, (2, 64, 64)), calls, CPU_FUSED)
+    assert_training_gradients_within_fp32_noise(eager, fused, x, torch.tensor([3, 7]), calls, CPU_FUSED)
 
 
 # ----- on a GPU, for real -----------------------------------------------------------------------------------
@@ -254,17 +263,20 @@ def test_gpu_fused_fp32_and_low_precision(backend):
 @needs_gpu
 @pytest.mark.parametrize("backend", gpu_backends() or ["none"])
 def test_gpu_training_step_and_compile(backend, monkeypatch):
+    """A training step's gradients within the float32 noise (the classifier), then the segmentation model
+    compiled (default and CUDA graphs) against the eager one at inference."""
     if backend == "none":
         pytest.skip("no fused backend on this GPU machine")
-    eager, fused = pair(MobileViTV2ForSemanticSegmentation, num_labels=4, output_stride=16, **NO_DROPOUT)
+    eager, fused = pair(MobileViTV2ForImageClassification, **CLASSIFIER_NO_DROPOUT)
     eager, fused = eager.cuda().train(), fused.cuda().set_attn_implementation(backend).train()
     x = torch.randn(2, 3, 128, 128, device="cuda")
-    labels = torch.randint(0, 4, (2, 128, 128), device="cuda")
     real_op = mk.separable_attention
     calls = record_op_calls(monkeypatch, "separable_attention")
-    assert_training_gradients_within_fp32_noise(eager, fused, x, labels, calls, backend)
+    assert_training_gradients_within_fp32_noise(eager, fused, x, torch.tensor([3, 7], device="cuda"), calls, backend)
     monkeypatch.setattr(mk, "separable_attention", real_op)  # the compiled graphs below call the op itself
-    eager.eval(), fused.eval()
+
+    eager, fused = pair(MobileViTV2ForSemanticSegmentation, num_labels=4, output_stride=16)
+    eager, fused = eager.cuda(), fused.cuda().set_attn_implementation(backend)
     with torch.no_grad():
         expected = eager(x).logits
         for mode in ("default", "reduce-overhead"):
