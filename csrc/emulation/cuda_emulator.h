@@ -159,4 +159,10 @@ inline float atomicAdd(float* address, float value) {
   return old;
 }
 
-inline float __expf(float x) { return expf(x); }
+// The GPU's __expf is ex2.approx(x * log2(e)) with the product rounded to float32 first; that rounding, an
+// error of about |x| * 2^-24 relative, dominates its error for the max-subtracted softmax arguments (ex2.approx
+// itself is within 2 ulp), so the emulator rounds the same way and takes exp2f for ex2.approx.
+inline float __expf(float x) {
+  const float scaled = x * 1.4426950408889634f;
+  return exp2f(scaled);
+}
