@@ -91,7 +91,7 @@ def _check_runtime(args: argparse.Namespace, ctx: distributed.Context) -> None:
         raise UsageError(f"--runtime {args.runtime} computes in {' or '.join(runtimes.PRECISIONS[args.runtime])}, not {args.precision}")
     runtimes.require(args.runtime)
     if args.runtime == "inductor" and ctx.is_main:
-        print(f"{PROG} {args.command}: --runtime inductor compiles the model on the first batch of each shape and input size (tens of seconds each)",
+        print(f"{PROG} {args.command}: --runtime inductor compiles the model on the first batch of each shape and input size (tens of seconds each; kept in the cache for later runs)",
               file=sys.stderr)  # fmt: skip
 
 

@@ -20,6 +20,7 @@ compiled copy owns its weights: later changes to the model do not reach it.
 
 from __future__ import annotations
 
+import os
 import threading
 import types
 
@@ -27,6 +28,7 @@ import torch
 from torch import nn
 from torch._inductor import config as inductor_config
 
+from mobilevitv2.compiled_graphs import CachedGraph, default_cache_dir, weights_digest
 from mobilevitv2.inference_form import inference_form
 from mobilevitv2.models import MobileViTV2ForImageClassification, MobileViTV2ForSemanticSegmentation
 
@@ -151,6 +153,10 @@ class CPUInference:
     ``mobilevitv2 bench --suite cpu``; docs/design.md, "The CPU inference path".
     ``image_layout``: run the blocks' attention on the image, without unfold/fold
     (:mod:`mobilevitv2.inference_form`); BatchNorm is folded either way.
+
+    The compiled graphs are kept on disk (:mod:`mobilevitv2.compiled_graphs`, in ``cache_dir``, default
+    :func:`mobilevitv2.compiled_graphs.default_cache_dir`): a later process with the same weights loads them
+    in a fraction of a second. ``disk_cache=False`` compiles in the process only (``torch.compile``).
     """
 
     def __init__(
@@ -162,6 +168,8 @@ class CPUInference:
         micro_batch: int = 1,
         late_batch: int = 8,
         image_layout: bool = False,
+        disk_cache: bool = True,
+        cache_dir: str | os.PathLike | None = None,
     ) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
@@ -183,8 +191,21 @@ class CPUInference:
         dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         # Static shapes: each input shape gets its own graph (PyTorch would otherwise compile the second shape
         # it sees as one symbolic-shape graph for every later shape).
-        self.early = compile_with_own_cache(_EarlyStages(form, dtype))
-        self.late = compile_with_own_cache(_LateStages(form, dtype))
+        early, late = _EarlyStages(form, dtype), _LateStages(form, dtype)
+        if disk_cache:
+            identity = {
+                "weights": weights_digest(form),  # the folded weights: this copy's own, fixed from here on
+                "class": type(model).__name__,
+                "config": model.config.to_dict(),
+                "precision": precision,
+                "channels_last": channels_last,
+                "image_layout": image_layout,
+            }
+            root = os.fspath(cache_dir) if cache_dir is not None else default_cache_dir()
+            self.early = CachedGraph(early, "early", identity, root, compile_with_own_cache)
+            self.late = CachedGraph(late, "late", identity, root, compile_with_own_cache)
+        else:
+            self.early, self.late = compile_with_own_cache(early), compile_with_own_cache(late)
 
     def __call__(self, pixel_values: torch.Tensor) -> torch.Tensor:
         if not isinstance(pixel_values, torch.Tensor):

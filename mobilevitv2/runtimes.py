@@ -363,10 +363,11 @@ def _open_torch(model: torch.nn.Module, precision: str) -> Callable[[torch.Tenso
     return run
 
 
-def _open_inductor(model: torch.nn.Module, precision: str) -> Callable[[torch.Tensor], torch.Tensor]:
+def _open_inductor(model: torch.nn.Module, precision: str, cache_dir: str | os.PathLike | None) -> Callable[[torch.Tensor], torch.Tensor]:
     from mobilevitv2.cpu_inference import CPUInference
 
-    compiled = CPUInference(model, precision=precision)  # checks the model's type and device
+    graphs = os.path.join(os.fspath(cache_dir), "inductor-cpu") if cache_dir is not None else None
+    compiled = CPUInference(model, precision=precision, cache_dir=graphs)  # checks the model's type and device
     return lambda pixel_values: compiled(pixel_values.detach().to("cpu", torch.float32))
 
 
@@ -465,7 +466,8 @@ def load(
     from the cache (``cache_dir``, default :func:`default_cache_dir`) after. ``precision``: what the runtime
     computes in (:data:`PRECISIONS`; fp32 everywhere by default); ``compression``: OpenVINO weight
     compression, "fp16" or "int8". ``"torch"`` runs ``model`` itself (no export), in its own dtype;
-    ``"inductor"`` compiles it for the CPU (no export; the model must be on the CPU)."""
+    ``"inductor"`` compiles it for the CPU (no export; the model must be on the CPU; its compiled graphs are
+    kept in the cache too, :mod:`mobilevitv2.compiled_graphs`)."""
     _check_precision(runtime, precision)
     if not hasattr(model, "config") or type(model).__name__ not in (
         "MobileViTV2ForImageClassification", "MobileViTV2ForSemanticSegmentation",
@@ -480,7 +482,7 @@ def load(
     if runtime == "inductor":
         if compression is not None:
             raise ValueError("the inductor runtime has no weight compression")
-        return RuntimeModel("inductor", _open_inductor(model, precision), path=None, precision=precision,
+        return RuntimeModel("inductor", _open_inductor(model, precision, cache_dir), path=None, precision=precision,
                             height=height, width=width, channels=channels)  # fmt: skip
     require(runtime)  # before exporting, so a missing runtime costs nothing
     path, cached = cached_export(model, FORMAT_OF_RUNTIME[runtime], height, width, compression=compression, cache_dir=cache_dir)

@@ -47,6 +47,19 @@ def pytest_configure(config):
     )
 
 
+@pytest.fixture(autouse=True, scope="session")
+def private_cache(tmp_path_factory):
+    """Exports and compiled graphs go to a folder of this test session, never to the user's cache (a test
+    that needs a folder of its own sets ``MOBILEVITV2_CACHE`` itself)."""
+    saved = os.environ.get("MOBILEVITV2_CACHE")
+    os.environ["MOBILEVITV2_CACHE"] = str(tmp_path_factory.mktemp("mobilevitv2-cache"))
+    yield
+    if saved is None:
+        del os.environ["MOBILEVITV2_CACHE"]
+    else:
+        os.environ["MOBILEVITV2_CACHE"] = saved
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Every allocation starts as NaN; seeded randomness
 # ----------------------------------------------------------------------------------------------------------

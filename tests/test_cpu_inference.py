@@ -1,5 +1,7 @@
 """The fastest PyTorch CPU path (mobilevitv2.cpu_inference): Inductor with freezing in channels-last, equal to
-the reference in fp32; bf16 only when asked for, within its stated error; clear errors for bad input."""
+the reference in fp32; bf16 only when asked for, within its stated error; clear errors for bad input; its
+compiled graphs kept on disk (mobilevitv2.compiled_graphs) and loaded by a later instance, or compiled in
+the process only (disk_cache=False)."""
 
 from __future__ import annotations
 
@@ -115,7 +117,7 @@ def test_freezing_takes_effect(model):
     from mobilevitv2.bench.models import model_cases
 
     before = counters["inductor"]["mkldnn_conv_weight_pack_matcher_count"]
-    CPUInference(model)(torch.rand(1, 3, 64, 64))
+    CPUInference(model, disk_cache=False)(torch.rand(1, 3, 64, 64))
     after_cpu_path = counters["inductor"]["mkldnn_conv_weight_pack_matcher_count"]
     assert after_cpu_path > before
     (case,) = model_cases(0.5, 1, torch.float32, torch.device("cpu"), size=64, providers=["ours fused all compiled frozen"])
@@ -128,19 +130,20 @@ def test_instances_do_not_share_a_recompile_count(model):
     ``forward`` code object), a process with a few models and batch sizes would hit Dynamo's recompile
     limit, a hard error under fullgraph. With the limit at 1, two instances must still both compile."""
     x = torch.rand(1, 3, 64, 64)
-    first, second = CPUInference(model), CPUInference(model)
+    first, second = CPUInference(model, disk_cache=False), CPUInference(model, disk_cache=False)
     with torch._dynamo.config.patch(recompile_limit=1):  # the config's own patch: its values are restored
         torch.testing.assert_close(first(x), second(x), atol=0, rtol=0)
 
 
-def test_compiled_copy_is_unaffected_by_later_changes_to_the_model(model):
+@pytest.mark.parametrize("disk_cache", [True, False], ids=["packages", "in-process"])
+def test_compiled_copy_is_unaffected_by_later_changes_to_the_model(model, disk_cache, tmp_path):
     """The compiled graphs guard on their input, not on the modules they were traced from (those guards cost
     about 0.4 ms a call): the copy owns its weights, so a change to the model after the compile must
     neither reach its output nor be needed there; a new input shape still compiles its own graph."""
     import copy
 
     changed = copy.deepcopy(model)
-    fast = CPUInference(changed, late_batch=2)
+    fast = CPUInference(changed, late_batch=2, disk_cache=disk_cache, cache_dir=tmp_path)
     x = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(6))
     with torch.no_grad():
         expected = model(x).logits
@@ -150,3 +153,66 @@ def test_compiled_copy_is_unaffected_by_later_changes_to_the_model(model):
             parameter.mul_(-1.5)
     changed.train()
     torch.testing.assert_close(fast(x), expected, atol=1e-5, rtol=1e-5)  # groups of 2 and 1: a new shape
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="no oneDNN in this PyTorch build")
+def test_frozen_packages_are_kept_and_loaded_by_a_later_instance(model, tmp_path):
+    """The first instance compiles a package per graph and input (frozen: its convolutions pre-packed); a
+    second instance with the same weights loads them all and compiles nothing, with the same output; other
+    weights, another precision or another input shape compile their own."""
+    import copy
+
+    from torch._dynamo.utils import counters
+
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        expected = model(x).logits
+    packed_before = counters["inductor"]["mkldnn_conv_weight_pack_matcher_count"]
+    first = CPUInference(model, cache_dir=tmp_path)
+    torch.testing.assert_close(first(x), expected, atol=1e-5, rtol=1e-5)
+    assert counters["inductor"]["mkldnn_conv_weight_pack_matcher_count"] > packed_before
+    assert (first.early.compiled, first.late.compiled, first.early.loaded, first.late.loaded) == (1, 1, 0, 0)
+    packages = sorted(p.name for p in tmp_path.iterdir())
+    assert len(packages) == 2 and all(name.endswith(".pt2") for name in packages), packages
+
+    second = CPUInference(model, cache_dir=tmp_path)
+    torch.testing.assert_close(second(x), first(x), atol=0, rtol=0)
+    assert (second.early.compiled, second.late.compiled, second.early.loaded, second.late.loaded) == (0, 0, 1, 1)
+
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        other.classifier.weight.mul_(2)
+    other_weights = CPUInference(other, cache_dir=tmp_path)
+    with torch.no_grad():
+        torch.testing.assert_close(other_weights(x), other(x).logits, atol=1e-5, rtol=1e-5)
+    assert (other_weights.early.compiled, other_weights.late.compiled) == (1, 1)  # keyed by all the weights
+    assert len(list(tmp_path.iterdir())) == 4
+
+
+def test_a_damaged_package_is_compiled_again(model, tmp_path):
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(8))
+    first = CPUInference(model, cache_dir=tmp_path)
+    expected = first(x)
+    for package in tmp_path.iterdir():
+        package.write_bytes(b"not a package")
+    again = CPUInference(model, cache_dir=tmp_path)
+    torch.testing.assert_close(again(x), expected, atol=0, rtol=0)
+    assert (again.early.compiled, again.late.compiled, again.early.loaded, again.late.loaded) == (1, 1, 0, 0)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".partial-")]  # no half-written file left
+
+
+def test_a_graph_aotinductor_cannot_compile_falls_back_with_one_warning(model, tmp_path, monkeypatch):
+    from mobilevitv2 import compiled_graphs
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("no compiler for this graph")
+
+    monkeypatch.setattr(compiled_graphs.torch._inductor, "aoti_compile_and_package", refuse)
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        expected = model(x).logits
+    fast = CPUInference(model, cache_dir=tmp_path)
+    with pytest.warns(RuntimeWarning, match=r"AOTInductor could not compile the early graph \(RuntimeError: no compiler"):
+        got = fast(x)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    assert not list(tmp_path.iterdir())  # nothing half-written kept

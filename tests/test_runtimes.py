@@ -375,20 +375,16 @@ def test_dataloader_workers_fork_while_an_openvino_model_is_alive(files, tmp_pat
 
 
 # ----- inductor: this package's compiled CPU path as a runtime ---------------------------------------------------
-def compiled_graph_count() -> int:
-    """Graphs Dynamo has compiled in this process so far."""
-    return counters["stats"]["unique_graphs"]
-
-
-def test_inductor_runtime_matches_pytorch_fp32_and_checks_the_size(model):
-    forward = runtimes.load("inductor", model, SIZE, SIZE)
+def test_inductor_runtime_matches_pytorch_fp32_and_checks_the_size(model, tmp_path):
+    forward = runtimes.load("inductor", model, SIZE, SIZE, cache_dir=tmp_path)  # a cache of its own: compiled here
     assert (forward.runtime, forward.precision, forward.path) == ("inductor", "fp32", None)
     x = pixel_values(batch=2)
-    graphs, packed = compiled_graph_count(), counters["inductor"]["mkldnn_conv_weight_pack_matcher_count"]
+    packed = counters["inductor"]["mkldnn_conv_weight_pack_matcher_count"]
     error = relative_error(forward(x), reference_logits(model, x))
     assert error <= 1e-5, f"inductor fp32: relative max abs logit error {error:.2e}"
-    # the compiled, frozen CPU path ran, not the model eagerly: new graphs, convolutions pre-packed
-    assert compiled_graph_count() > graphs
+    # the compiled, frozen CPU path ran, not the model eagerly: its two graphs compiled and kept, convolutions
+    # pre-packed
+    assert len(list((tmp_path / "inductor-cpu").glob("*.pt2"))) == 2
     if torch.backends.mkldnn.is_available():
         assert counters["inductor"]["mkldnn_conv_weight_pack_matcher_count"] > packed
     with pytest.raises(ValueError, match=f"compiled for {SIZE}x{SIZE} inputs, got {SIZE}x{SIZE + 32}"):
@@ -399,15 +395,16 @@ def test_inductor_runtime_matches_pytorch_fp32_and_checks_the_size(model):
         runtimes.load("inductor", model, SIZE, SIZE, precision="fp16")
 
 
-def test_predict_runtime_inductor_gives_the_torch_top_k(files, capsys):
+def test_predict_runtime_inductor_gives_the_torch_top_k(files, capsys, monkeypatch, tmp_path):
     images = sorted(files.glob("photo*.png"))
+    monkeypatch.setenv(runtimes.CACHE_ENV, str(tmp_path))  # where the compiled graphs go
     results = {}
     for runtime in ("torch", "inductor"):
         argv = ["predict", *images, "--model", files / "cls", "--json", "--top-k", "3", "--runtime", runtime, "--workers", "0", "--batch-size", "2"]
-        graphs = compiled_graph_count()
         code, out, err = run(argv, capsys)
         assert code == 0, err
-        assert (compiled_graph_count() > graphs) == (runtime == "inductor"), "only --runtime inductor compiles"
+        packages = list(tmp_path.glob("inductor-cpu/*.pt2"))
+        assert bool(packages) == (runtime == "inductor"), f"only --runtime inductor compiles: {packages}"
         results[runtime] = json.loads(out)
         assert ("compiles the model" in err) == (runtime == "inductor"), err
     assert len(results["torch"]) == len(images)
