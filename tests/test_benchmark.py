@@ -360,6 +360,29 @@ def test_sigterm_stops_a_run_and_its_files_hold_what_ran(tmp_path):
     assert "not run (2)" in (tmp_path / "r.txt").read_text()
 
 
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+def test_a_child_forked_during_a_run_takes_sigterms_default_action():
+    """A library's helper process forked during a run (OpenVINO's converter forks one per usage report) must
+    die on SIGTERM even while blocked in C, where the run's Python handler could never run: in the child the
+    default action is back; in the parent the run's handler stays."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+
+    def report():
+        queue.put(signal.getsignal(signal.SIGTERM) == signal.SIG_DFL)
+
+    with harness.stop_on_sigterm():
+        child = context.Process(target=report)
+        child.start()
+        default_in_child = queue.get(timeout=60)
+        child.join(60)
+        in_parent = signal.getsignal(signal.SIGTERM)
+    assert default_in_child is True and child.exitcode == 0
+    assert in_parent not in (signal.SIG_DFL, signal.SIG_IGN) and in_parent is not signal.getsignal(signal.SIGTERM)
+
 # ----- where the harness lives ----------------------------------------------------------------------------------
 
 PACKAGE = Path(__file__).resolve().parent.parent / "mobilevitv2"

@@ -456,6 +456,20 @@ class Stopped(BaseException):
     so that no ``except Exception`` around a case swallows it."""
 
 
+def _forked_child_takes_default_sigterm() -> None:
+    """In a child forked while :func:`stop_on_sigterm` is active, SIGTERM's default action comes back. The
+    handler is Python code, which runs only between bytecodes of the main thread, so a child blocked in C
+    would ignore the ``terminate()`` meant to end it, and its parent would wait for it at exit forever: seen
+    with OpenVINO's model converter, which forks a child to send each usage report and, offline, that child
+    hung resolving the host's name (a lock of the resolver held by another thread at the fork)."""
+    if getattr(signal.getsignal(signal.SIGTERM), "stops_the_run", False):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+if hasattr(os, "register_at_fork"):  # once per process (this module is imported once); POSIX only
+    os.register_at_fork(after_in_child=_forked_child_takes_default_sigterm)
+
+
 @contextmanager
 def stop_on_sigterm() -> Iterator[None]:
     """Within the block, SIGTERM raises :class:`Stopped` (whose message is the signal's name) instead of
@@ -465,6 +479,7 @@ def stop_on_sigterm() -> Iterator[None]:
     def stop(signum, frame):
         raise Stopped(signal.Signals(signum).name)
 
+    stop.stops_the_run = True  # what a forked child recognises and drops (_forked_child_takes_default_sigterm)
     previous = signal.signal(signal.SIGTERM, stop)
     try:
         yield
