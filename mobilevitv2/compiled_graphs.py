@@ -5,12 +5,15 @@ Why: Inductor's own cache does not keep graphs compiled with frozen weights, so 
 the CPU path again (18-29 s for width 1.0 at batch 1 on a 2-core CPU); a package loads in about 0.3 s and
 runs as fast (15.1 against 15.2 ms for the width-1.0 stem and stages 1-3 at batch 1, fp32, measured side by
 side in one process). A package
-is keyed by everything its code depends on: the weights, the stage, the input's shape, strides and dtype,
-the versions of torch and this package, the source of the model's modules, and the CPU's vector
-instruction set (a package built for AVX-512 must not run on a CPU without it). A new package is written
-to a temporary file and renamed into place, so a half-written one is never loaded; one that fails to load
-is compiled again. Where AOTInductor cannot compile the module, the graph falls back to ``torch.compile``
-with one warning.
+is keyed by what its code depends on: the weights, the stage and configuration, the input's shape, strides
+and dtype, the versions of torch and this package, the source of this package and of its kernels package,
+the CPU's vector instruction set (a package built for AVX-512 must not run on a CPU without it) and the
+thread count (Inductor builds its C++ kernels for it). A new package is written to a temporary file and
+renamed into place, so a half-written one is never loaded; one that fails to load or run is compiled
+again. Where AOTInductor cannot compile the module, the graph falls back to ``torch.compile`` with a
+warning; where the cache cannot be written, the process keeps its packages to itself, with a warning. The
+folder is never pruned: each package holds its weights (about 24 MB for width 1.0 in fp32 per input
+shape), and it can be deleted at any time.
 """
 
 from __future__ import annotations
@@ -29,8 +32,8 @@ from torch import nn
 
 # How a package is made, part of its key: a changed recipe compiles new packages instead of loading old ones.
 RECIPE = 1
-# The modules whose code a compiled graph contains.
-_SOURCES = ("blocks.py", "layers.py", "heads.py", "models.py", "inference_form.py", "cpu_inference.py", "compiled_graphs.py")
+# The packages whose code a compiled graph may contain (the model, and the reference ops it traces through).
+_PACKAGES = ("mobilevitv2", "mobilevitv2_kernels")
 
 
 def default_cache_dir() -> str:
@@ -51,10 +54,13 @@ def weights_digest(module: nn.Module) -> str:
 
 
 def _sources_digest() -> str:
+    """sha256 of every Python file of this package and of its kernels package (an installed copy without
+    its sources hashes what it has)."""
     digest = hashlib.sha256()
-    package = Path(__file__).resolve().parent
-    for name in _SOURCES:
-        digest.update(name.encode() + b"\0" + (package / name).read_bytes())
+    root = Path(__file__).resolve().parent.parent
+    for package in _PACKAGES:
+        for path in sorted((root / package).rglob("*.py")):
+            digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
 
 
@@ -75,8 +81,9 @@ class CachedGraph:
     """``graph(x)``: ``module(x)`` through a package compiled for ``x``'s shape, strides and dtype, loaded from
     ``cache_dir`` when one was compiled before. ``identity``: what else the package depends on (the
     weights' digest, the configuration; a JSON-able dict). ``fallback``: makes the ``torch.compile``
-    replacement used where AOTInductor fails. ``loaded`` and ``compiled`` count the packages this graph
-    loaded from the cache and compiled itself."""
+    replacement used where AOTInductor fails. ``loaded``, ``compiled`` and ``fell_back`` count the inputs for
+    which this graph loaded a package from the cache, compiled one, or fell back. Not for several threads at
+    once (:class:`mobilevitv2.cpu_inference.CPUInference` calls it under a lock)."""
 
     def __init__(self, module: nn.Module, name: str, identity: dict, cache_dir: str | os.PathLike,
                  fallback: Callable[[nn.Module], Callable[[torch.Tensor], torch.Tensor]]) -> None:  # fmt: skip
@@ -84,27 +91,29 @@ class CachedGraph:
         self.identity, self.make_fallback = identity, fallback
         self.runners: dict[tuple, Callable[[torch.Tensor], torch.Tensor]] = {}
         self.fallback: Callable[[torch.Tensor], torch.Tensor] | None = None
-        self.loaded = self.compiled = 0
+        self.loaded = self.compiled = self.fell_back = 0
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fallback is not None:
-            return self.fallback(x)
         signature = (tuple(x.shape), tuple(x.stride()), x.dtype)
         runner = self.runners.get(signature)
-        if runner is None:
-            try:
-                runner = self.runners[signature] = self._load_or_compile(x)
-            except Exception as exc:  # AOTInductor could not compile this module: torch.compile it instead
-                warnings.warn(
-                    f"mobilevitv2: AOTInductor could not compile the {self.name} graph ({type(exc).__name__}: "
-                    f"{str(exc).splitlines()[0] if str(exc) else ''}); using torch.compile, whose graphs are not "
-                    "kept between processes",
-                    RuntimeWarning,
-                    stacklevel=3,
-                )
+        if runner is not None:
+            return runner(x)
+        try:
+            runner, out = self._load_or_compile(x)
+        except Exception as exc:  # AOTInductor could not compile this graph: torch.compile it instead
+            warnings.warn(
+                f"mobilevitv2: AOTInductor could not compile a CPU graph ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''}); using torch.compile, whose graphs are not "
+                "kept between processes",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            if self.fallback is None:
                 self.fallback = self.make_fallback(self.module)
-                return self.fallback(x)
-        return runner(x)
+            runner, out = self.fallback, self.fallback(x)
+            self.fell_back += 1
+        self.runners[signature] = runner
+        return out
 
     def package_path(self, x: torch.Tensor) -> Path:
         """Where the package for input ``x`` is (or will be) kept."""
@@ -122,31 +131,44 @@ class CachedGraph:
             "sources": _sources_digest(),
             "isa": _vector_isa(),
             "machine": platform.machine(),
+            "threads": torch.get_num_threads(),  # Inductor's C++ kernels are built for this many
         }
         key = hashlib.sha256(json.dumps(meta, sort_keys=True, default=str).encode()).hexdigest()
         shape = "x".join(str(s) for s in x.shape)
         return self.cache_dir / f"{self.name}-{shape}-{key[:32]}.pt2"
 
-    def _load_or_compile(self, x: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    def _load_or_compile(self, x: torch.Tensor) -> tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor]:
+        """(runner, runner(x)): the cached package's if it loads and runs, else a new one's. The first call
+        is part of it, so a package that loads but cannot run is compiled again."""
         if not _aoti_available():
             raise RuntimeError(f"torch {torch.__version__} has no AOTInductor packaging")
         path = self.package_path(x)
         if path.is_file():
             try:
                 runner = torch._inductor.aoti_load_package(str(path))
+                out = runner(x)
                 self.loaded += 1
-                return runner
-            except Exception:  # a damaged or foreign package: compiled again below
-                path.unlink(missing_ok=True)
-        path.parent.mkdir(parents=True, exist_ok=True)
+                return runner, out
+            except Exception:  # a damaged or foreign package: compiled again below, replacing it
+                pass
         program = torch.export.export(self.module, (x,))
-        handle, partial = tempfile.mkstemp(prefix=".partial-", suffix=".pt2", dir=path.parent)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handle, partial = tempfile.mkstemp(prefix=".partial-", suffix=".pt2", dir=path.parent)
+        except OSError as exc:  # a cache that cannot be written: this process keeps its package to itself
+            warnings.warn(f"mobilevitv2: cannot write compiled CPU graphs to {path.parent} ({exc}); they will be "
+                          "compiled again by the next process", RuntimeWarning, stacklevel=4)  # fmt: skip
+            handle, partial = tempfile.mkstemp(prefix="mobilevitv2-graph-", suffix=".pt2")
         os.close(handle)
         try:
             torch._inductor.aoti_compile_and_package(program, package_path=partial, inductor_configs={"freezing": True})
-            os.replace(partial, path)  # atomic: another process compiling the same package wins or loses whole
+            runner = torch._inductor.aoti_load_package(partial)  # loaded before the rename: the file may go after
+            out = runner(x)
+            if os.path.dirname(partial) == str(path.parent):
+                os.chmod(partial, 0o644)  # readable by others sharing the cache (mkstemp makes 0600)
+                os.replace(partial, path)  # atomic: another process compiling the same package wins or loses whole
         finally:
             if os.path.exists(partial):
                 os.unlink(partial)
         self.compiled += 1
-        return torch._inductor.aoti_load_package(str(path))
+        return runner, out

@@ -199,6 +199,7 @@ class CPUInference:
                 "weights": weights_digest(form),  # the folded weights: this copy's own, fixed from here on
                 "class": type(model).__name__,
                 "config": model.config.to_dict(),
+                "implementation": model.implementation,
                 "precision": precision,
                 "channels_last": channels_last,
                 "image_layout": image_layout,

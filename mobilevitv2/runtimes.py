@@ -6,7 +6,7 @@ stay comparable (hence its length).
 runtime                   exported file               precision it computes in
 ========================  ==========================  ====================================================
 ``torch``                 none (the model itself)     the model's own dtype, device and implementation
-``inductor``              none (compiled in memory)   fp32; bf16 under autocast only when
+``inductor``              compiled graphs (``.pt2``)  fp32; bf16 under autocast only when
                                                       ``precision="bf16"`` is asked for
 ``onnxruntime``           ``.onnx`` (opset 17)        fp32 (CPUExecutionProvider)
 ``openvino``              ``.xml`` + ``.bin`` (IR)    fp32: compiled with ``INFERENCE_PRECISION_HINT`` f32
@@ -16,9 +16,10 @@ runtime                   exported file               precision it computes in
 ========================  ==========================  ====================================================
 
 ``inductor`` is this package's own CPU path, :class:`mobilevitv2.cpu_inference.CPUInference`: the model with
-its BatchNorms folded, compiled by Inductor with freezing. It exports nothing and needs nothing beyond
-torch, but compiles for tens of seconds on the first call of each batch shape and input size, so it pays
-for itself over many images of one size, not over a few.
+its BatchNorms folded, compiled by Inductor with freezing. It needs nothing beyond torch; it compiles for
+tens of seconds on the first call of each batch shape and input size, and keeps the compiled graphs in the
+cache (:mod:`mobilevitv2.compiled_graphs`), so a later process with the same weights, shapes and sizes
+loads them instead.
 
 The ONNX and OpenVINO files have a dynamic batch. The ExecuTorch program is exported for a batch of 1
 (XNNPACK lowering with a symbolic batch is not worth its cost here) and the loaded callable runs a batch

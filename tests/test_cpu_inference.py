@@ -20,6 +20,13 @@ def model():
     return randomize_(MobileViTV2ForImageClassification(MobileViTV2Config.from_width(0.5, num_labels=10)), seed=3).eval()
 
 
+def assert_ran_packages(fast: CPUInference) -> None:
+    """Every input of both graphs ran an AOTInductor package (loaded or compiled), none the fallback."""
+    for graph in (fast.early, fast.late):
+        assert graph.fell_back == 0 and graph.loaded + graph.compiled == len(graph.runners) > 0, (
+            graph.name, graph.loaded, graph.compiled, graph.fell_back)
+
+
 def test_fp32_equals_the_reference(model):
     x = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -30,6 +37,7 @@ def test_fp32_equals_the_reference(model):
     assert got.dtype == torch.float32 and got.shape == expected.shape
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(fast(x[:1]), expected[:1], atol=1e-5, rtol=1e-5)  # another batch size
+    assert_ran_packages(fast)
     with torch.no_grad():  # the caller's model is untouched (the compiled copy owns its weights)
         torch.testing.assert_close(model(x).logits, expected, atol=0, rtol=0)
 
@@ -39,7 +47,9 @@ def test_bf16_is_explicit_and_within_its_error(model):
     x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         expected = model(x).logits
-    got = CPUInference(model, precision="bf16")(x)
+    fast = CPUInference(model, precision="bf16")
+    got = fast(x)
+    assert_ran_packages(fast)
     assert got.dtype == torch.float32
     error = (got - expected).norm() / expected.norm()
     assert 0 < error < 5e-2, error  # bf16 rounding (8-bit mantissa) through the whole network
@@ -75,8 +85,10 @@ def test_groups_and_micro_batches_give_the_whole_batch(model):
     with torch.no_grad():
         expected = model(x).logits
     # groups of 4, 2 and 1 images through the late stages; the early ones 2, 2 | 2 | 1 at a time
-    got = CPUInference(model, micro_batch=2, late_batch=4)(x)
-    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    fast = CPUInference(model, micro_batch=2, late_batch=4)
+    torch.testing.assert_close(fast(x), expected, atol=1e-5, rtol=1e-5)
+    assert_ran_packages(fast)
+    assert len(fast.early.runners) == 2 and len(fast.late.runners) == 3
 
 
 def test_power_of_two_chunks():
@@ -96,7 +108,9 @@ def test_segmentation_equals_the_reference():
     with torch.no_grad():
         expected = model(x).logits
     assert_nontrivial(expected, "reference segmentation logits")
-    got = CPUInference(model)(x)
+    fast = CPUInference(model)
+    got = fast(x)
+    assert_ran_packages(fast)
     assert got.shape == expected.shape
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
@@ -212,7 +226,26 @@ def test_a_graph_aotinductor_cannot_compile_falls_back_with_one_warning(model, t
     with torch.no_grad():
         expected = model(x).logits
     fast = CPUInference(model, cache_dir=tmp_path)
-    with pytest.warns(RuntimeWarning, match=r"AOTInductor could not compile the early graph \(RuntimeError: no compiler"):
+    with pytest.warns(RuntimeWarning) as caught:
+        got = fast(x)
+        again = fast(x)  # the fallback kept for this input: no second attempt, no second warning
+    messages = [str(w.message) for w in caught if "AOTInductor" in str(w.message)]
+    assert len(messages) == 2, messages  # one per graph, the same text (Python shows it once)
+    assert len(set(messages)) == 1 and "could not compile a CPU graph (RuntimeError: no compiler" in messages[0]
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(again, got, atol=0, rtol=0)
+    assert (fast.early.fell_back, fast.late.fell_back, fast.early.compiled, fast.late.compiled) == (1, 1, 0, 0)
+    assert not list(tmp_path.iterdir())  # nothing half-written kept
+
+
+def test_a_cache_that_cannot_be_written_keeps_the_packages_in_the_process(model, tmp_path):
+    blocked = tmp_path / "a file, not a folder"
+    blocked.write_text("")
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(10))
+    with torch.no_grad():
+        expected = model(x).logits
+    fast = CPUInference(model, cache_dir=blocked / "graphs")
+    with pytest.warns(RuntimeWarning, match="cannot write compiled CPU graphs to"):
         got = fast(x)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
-    assert not list(tmp_path.iterdir())  # nothing half-written kept
+    assert_ran_packages(fast)
