@@ -228,7 +228,7 @@ class SegmentationFolder(FolderDataset):
             labels = torch.from_numpy(processed["labels"][0])
         else:
             _, tv_tensors = needs_torchvision()
-            pixels_in = tv_tensors.Image(torch.from_numpy(np.asarray(image)).permute(2, 0, 1))
+            pixels_in = tv_tensors.Image(torch.from_numpy(np.array(image)).permute(2, 0, 1))  # a writable copy
             pixels, labels = self._augment(index, pixels_in, tv_tensors.Mask(torch.from_numpy(mask)))
             pixels, labels = self._finish(pixels.as_subclass(torch.Tensor)), labels.as_subclass(torch.Tensor).long()
         return {"pixel_values": pixels, "labels": labels, "index": index}
