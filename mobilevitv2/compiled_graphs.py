@@ -18,6 +18,7 @@ shape), and it can be deleted at any time.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -44,15 +45,15 @@ def default_cache_dir() -> str:
 
 
 def weights_digest(module: nn.Module) -> str:
-    """sha256 (hex) of every state_dict tensor's name, dtype, shape and bytes."""
+    """sha256 (hex) of the weights, hashed as the export cache hashes them."""
+    from mobilevitv2.runtimes import hash_weights
+
     digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        tensor = tensor.detach().to("cpu").contiguous().reshape(-1)
-        digest.update(f"\0{name}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
-        digest.update(tensor.view(torch.uint8).numpy())
+    hash_weights(digest, module)
     return digest.hexdigest()
 
 
+@functools.lru_cache(maxsize=1)  # the sources do not change while the process runs
 def _sources_digest() -> str:
     """sha256 of every Python file of this package and of its kernels package (an installed copy without
     its sources hashes what it has)."""

@@ -407,11 +407,17 @@ def cache_key(model: torch.nn.Module, height: int, width: int, format: str, comp
         "runtime": _runtime_versions(format, compression),
     }
     digest.update(json.dumps(meta, sort_keys=True, default=str).encode())
-    for name, tensor in sorted(model.state_dict().items()):
+    hash_weights(digest, model)
+    return digest.hexdigest()
+
+
+def hash_weights(digest, module: torch.nn.Module) -> None:
+    """Feed every state_dict tensor's name, dtype, shape and bytes of ``module`` to ``digest`` (a hashlib
+    object)."""
+    for name, tensor in sorted(module.state_dict().items()):
         tensor = tensor.detach().to("cpu").contiguous().reshape(-1)
         digest.update(f"\0{name}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
         digest.update(tensor.view(torch.uint8).numpy())
-    return digest.hexdigest()
 
 
 def cached_export(

@@ -360,7 +360,6 @@ def test_sigterm_stops_a_run_and_its_files_hold_what_ran(tmp_path):
     assert "not run (2)" in (tmp_path / "r.txt").read_text()
 
 
-
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
 def test_a_child_forked_during_a_run_takes_sigterms_default_action():
     """A library's helper process forked during a run (OpenVINO's converter forks one per usage report) must
@@ -382,6 +381,7 @@ def test_a_child_forked_during_a_run_takes_sigterms_default_action():
         in_parent = signal.getsignal(signal.SIGTERM)
     assert default_in_child is True and child.exitcode == 0
     assert in_parent not in (signal.SIG_DFL, signal.SIG_IGN) and in_parent is not signal.getsignal(signal.SIGTERM)
+
 
 # ----- where the harness lives ----------------------------------------------------------------------------------
 
