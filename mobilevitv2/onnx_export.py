@@ -1,4 +1,5 @@
-"""ONNX export of the reference (eager) path at opset 17, with a dynamic batch and a fixed spatial size.
+"""ONNX export of the reference (eager) path at opset 17, with a dynamic batch and a fixed spatial size, its
+BatchNorms folded and its consecutive linear maps composed (:func:`exportable_copy`).
 
 The eager unfold/fold are reshape/permute/pad, so the graph needs no ``Col2Im`` (transformers' ``F.fold``
 needs opset 18), and output sizes that transformers computes from the runtime shape are fixed at export, so
@@ -19,6 +20,7 @@ from torch import nn
 
 from mobilevitv2.blocks import MobileViTV2Layer
 from mobilevitv2.heads import MobileViTV2ASPPPooling
+from mobilevitv2.inference_form import compose_linear_maps, fold_batchnorms
 from mobilevitv2.models import (
     MobileViTV2ForImageClassification,
     MobileViTV2ForSemanticSegmentation,
@@ -124,9 +126,16 @@ def output_names(model: MobileViTV2PreTrainedModel) -> list[str]:
     raise TypeError(f"cannot export a {type(model).__name__}")
 
 
-def exportable_copy(model: MobileViTV2PreTrainedModel, height: int, width: int) -> MobileViTV2PreTrainedModel:
-    """A float32 CPU copy on the eager path whose run-time-sized resizes are fixed for ``height`` x ``width``."""
+def exportable_copy(
+    model: MobileViTV2PreTrainedModel, height: int, width: int, compose_linear: bool = True
+) -> MobileViTV2PreTrainedModel:
+    """A float32 CPU copy on the eager path whose run-time-sized resizes are fixed for ``height`` x ``width``;
+    with ``compose_linear``, its BatchNorms folded and its consecutive linear maps composed
+    (:func:`mobilevitv2.inference_form.compose_linear_maps`: the same outputs with 13.5% fewer
+    multiply-adds at width 1.0, for the classification and segmentation models; the key projections only for the others)."""
     model = _eager_copy(model)
+    if compose_linear:
+        compose_linear_maps(fold_batchnorms(model))
     sizes: dict[nn.Module, tuple[int, int]] = {}
     hooks = [
         m.register_forward_hook(lambda mod, args, out: sizes.__setitem__(mod, tuple(args[0].shape[-2:])))

@@ -76,8 +76,9 @@ CACHE_ENV = "MOBILEVITV2_CACHE"
 EXECUTORCH_BATCH = 1
 # The version of how each format is written, part of the cache key: a changed recipe writes new files
 # instead of reusing files written the old way (executorch 2: the GroupNorms in two passes; openvino 2: the
-# plain GroupNorms again, after a revision that wrote them in two passes there too).
-EXPORT_RECIPES = {"onnx": 1, "openvino": 2, "executorch": 2}
+# plain GroupNorms again, after a revision that wrote them in two passes there too; onnx 2, openvino 3,
+# executorch 3: BatchNorm folded and consecutive linear maps composed, onnx_export.exportable_copy).
+EXPORT_RECIPES = {"onnx": 2, "openvino": 3, "executorch": 3}
 
 _TORCH_DTYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
