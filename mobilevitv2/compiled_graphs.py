@@ -9,8 +9,8 @@ is keyed by what its code depends on: the weights, the stage and configuration, 
 and dtype, the versions of torch and this package, the source of this package and of its kernels package,
 the CPU's vector instruction set (a package built for AVX-512 must not run on a CPU without it) and the
 thread count (Inductor builds its C++ kernels for it). A new package is written to a temporary file and
-renamed into place, so a half-written one is never loaded; one that fails to load or run is compiled
-again. Where AOTInductor cannot compile the module, the graph falls back to ``torch.compile`` with a
+renamed into place, so a half-written one is never loaded (one left by a killed process is removed a day
+later); one that fails to load or run is compiled again. Where AOTInductor cannot compile the module, the graph falls back to ``torch.compile`` with a
 warning; where the cache cannot be written, the process keeps its packages to itself, with a warning. The
 folder is never pruned: each package holds its weights (about 24 MB for width 1.0 in fp32 per input
 shape), and it can be deleted at any time.
@@ -24,6 +24,7 @@ import json
 import os
 import platform
 import tempfile
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -72,6 +73,26 @@ def _vector_isa() -> str:
         return str(pick_vec_isa())
     except Exception:  # an Inductor without this helper: the machine's name must do
         return platform.processor() or "unknown"
+
+
+# A temporary package older than this was left by a process killed while compiling (a compile takes
+# seconds to minutes); it is removed when the next package is compiled into the same folder.
+STALE_PARTIAL_SECONDS = 24 * 3600
+
+
+def remove_stale_partials(folder: Path, now: float | None = None) -> int:
+    """Delete the temporary packages (``.partial-*.pt2``) in ``folder`` older than
+    :data:`STALE_PARTIAL_SECONDS`; returns how many went. Younger ones may be another process's compile."""
+    now = time.time() if now is None else now
+    removed = 0
+    for partial in folder.glob(".partial-*.pt2"):
+        try:
+            if now - partial.stat().st_mtime > STALE_PARTIAL_SECONDS:
+                partial.unlink()
+                removed += 1
+        except OSError:  # gone already, or not ours to remove
+            pass
+    return removed
 
 
 def _aoti_available() -> bool:
@@ -155,6 +176,7 @@ class CachedGraph:
         program = torch.export.export(self.module, (x,))
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+            remove_stale_partials(path.parent)
             handle, partial = tempfile.mkstemp(prefix=".partial-", suffix=".pt2", dir=path.parent)
         except OSError as exc:  # a cache that cannot be written: this process keeps its package to itself
             warnings.warn(f"mobilevitv2: cannot write compiled CPU graphs to {path.parent} ({exc}); they will be "

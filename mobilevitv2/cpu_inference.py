@@ -94,7 +94,8 @@ class _LateStages(nn.Module):
                 x = stage(x)
             if isinstance(self.form, MobileViTV2ForSemanticSegmentation):
                 return self.form.segmentation_head(x).float()
-            return self.form.classifier(torch.mean(x, dim=[-2, -1])).float()
+        # The classifier in float32: one vector per image, and the logits no further from float32's.
+        return self.form.classifier(torch.mean(x.float(), dim=[-2, -1]))
 
 
 def compile_with_own_cache(module: nn.Module):

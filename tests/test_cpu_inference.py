@@ -215,6 +215,22 @@ def test_a_damaged_package_is_compiled_again(model, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".partial-")]  # no half-written file left
 
 
+def test_stale_partial_packages_are_removed_and_young_ones_kept(tmp_path):
+    """A package half-written by a process killed while compiling is removed once it is a day old; a young
+    one may be another process's compile in progress and stays, as does every finished package."""
+    import os
+
+    from mobilevitv2.compiled_graphs import STALE_PARTIAL_SECONDS, remove_stale_partials
+
+    now = 1_000_000_000.0
+    stale, young, finished = (tmp_path / name for name in (".partial-a.pt2", ".partial-b.pt2", "early-1x3-ab.pt2"))
+    for path, age in ((stale, STALE_PARTIAL_SECONDS + 60), (young, 60), (finished, 10 * STALE_PARTIAL_SECONDS)):
+        path.write_bytes(b"x")
+        os.utime(path, (now - age, now - age))
+    assert remove_stale_partials(tmp_path, now=now) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".partial-b.pt2", "early-1x3-ab.pt2"]
+
+
 def test_a_graph_aotinductor_cannot_compile_falls_back_with_one_warning(model, tmp_path, monkeypatch):
     from mobilevitv2 import compiled_graphs
 
