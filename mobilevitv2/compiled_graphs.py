@@ -4,16 +4,16 @@ each package written to a cache folder and loaded from there by any later proces
 Why: Inductor's own cache does not keep graphs compiled with frozen weights, so every new process compiled
 the CPU path again (18-29 s for width 1.0 at batch 1 on a 2-core CPU); a package loads in about 0.3 s and
 runs as fast (15.1 against 15.2 ms for the width-1.0 stem and stages 1-3 at batch 1, fp32, measured side by
-side in one process). A package
-is keyed by what its code depends on: the weights, the stage and configuration, the input's shape, strides
-and dtype, the versions of torch and this package, the source of this package and of its kernels package,
-the CPU's vector instruction set (a package built for AVX-512 must not run on a CPU without it) and the
-thread count (Inductor builds its C++ kernels for it). A new package is written to a temporary file and
-renamed into place, so a half-written one is never loaded (one left by a killed process is removed a day
-later); one that fails to load or run is compiled again. Where AOTInductor cannot compile the module, the graph falls back to ``torch.compile`` with a
-warning; where the cache cannot be written, the process keeps its packages to itself, with a warning. The
-folder is never pruned: each package holds its weights (about 24 MB for width 1.0 in fp32 per input
-shape), and it can be deleted at any time.
+side in one process). A package is keyed by what its code depends on: the weights, the stage and
+configuration, the input's shape, strides and dtype, the versions of torch and this package, the source of
+this package and of its kernels package, the CPU's vector instruction set (a package built for AVX-512 must
+not run on a CPU without it) and the thread count (Inductor builds its C++ kernels for it). A new package is
+written to a temporary file and renamed into place, so a half-written one is never loaded (one left by a
+killed process is removed a day later); one that fails to load or run is compiled again. Where AOTInductor
+cannot compile the module, the graph falls back to ``torch.compile`` with a warning; where the cache cannot
+be written, the process keeps its packages to itself, with a warning. The folder is never pruned of finished
+packages: each package holds its weights (about 24 MB for width 1.0 in fp32 per input shape), and it can be
+deleted at any time.
 """
 
 from __future__ import annotations

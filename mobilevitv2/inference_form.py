@@ -15,10 +15,11 @@ function; each is a product of weight matrices, computed in float64 and rounded 
 * The last block's projection and the classifier: the global mean commutes with a 1x1 convolution, so
   the classifier's matrix times the projection's is one linear layer on the pooled d channels.
 
-Together they remove 13.5% of a width-1.0 classifier's multiply-adds at 256x256 (248 M of 1.84 G: 83 M in
-the keys, the 4 pixel offsets' key projections counted, 166 M in the block-to-block compositions, 0.3 M in
-the classifier). The stage outputs between the composed maps are not the model's hidden
-states any more: a composed form's logits are the model's, its intermediate features are not.
+Together they remove 13.7% of the multiply-adds of a width-1.0 classifier's convolutions and linear layers
+at 256x256 (248 M of 1.81 G: 82 M in the keys, net of the key projections of the 4 pixel offsets' sums;
+157 M in the two block-to-block compositions; 8.6 M in the classifier's). The stage outputs between the
+composed maps are not the model's any more: a composed form's logits are the model's, its hidden states
+(``output_hidden_states``) and pooled features are not.
 
 Why no unfold is needed in the image layout: in a block, everything but the attention's softmax and
 weighted sum is pointwise per pixel (the 1x1 convolutions, ReLU, the products) or over all of a sample's
@@ -75,16 +76,6 @@ def times_context(values: torch.Tensor, context: torch.Tensor, patch_size: tuple
     return (values.reshape(B, d, *grid) * context.reshape(B, d, 1, ph, 1, pw)).reshape(B, d, H, W)
 
 
-def grouped_softmax_context(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, patch_h: int, patch_w: int
-) -> torch.Tensor:
-    """Separable attention on images: ``query`` (B, 1, H, W), ``key`` and ``value`` (B, d, H, W) with H and
-    W multiples of the patch size; returns ReLU(value) * context, (B, d, H, W), where for each offset (r, s)
-    inside a patch the context is the sum over patches of key weighted by the softmax of query."""
-    patch_size = (patch_h, patch_w)
-    return times_context(F.relu(value), softmax_weighted_sum(query, key, patch_size), patch_size)
-
-
 def _pointwise_conv(weight: torch.Tensor, bias: torch.Tensor) -> nn.Conv2d:
     """A 1x1 convolution with these (out, in) weights and bias, in float32, frozen."""
     conv = nn.Conv2d(weight.shape[1], weight.shape[0], kernel_size=1)
@@ -124,8 +115,9 @@ class InferenceAttention(nn.Module):
         else:
             query, value = torch.split(self.qkv_proj(x), [1, d], dim=1)
             summed = softmax_weighted_sum(query, x, self.patch_size)
-            # One vector per pixel offset: in float32 even under autocast, at no measurable cost, so that a
-            # bf16 path's context is as exact as float32's (relative logit error 1.4e-2 to 1.2e-2, width 1.0).
+            # A d x d matmul on one vector per pixel offset: in float32 even under autocast, at no measurable
+            # cost, so that the context is not rounded to bf16 a second time (a bf16 path's relative logit
+            # error 1.40e-2 to 1.19e-2 with the classifier in float32 too, width 1.0).
             with torch.autocast(x.device.type, enabled=False):
                 context = self.key_proj(summed.float())
         return self.out_proj(times_context(F.relu(value), context, self.patch_size))
@@ -136,7 +128,7 @@ class ImageLayoutBlock(nn.Module):
     pixels the unfold would drop (sizes not a multiple of the patch) are left out and come back as zeros,
     exactly as the reference's fold returns them. ``key_after_sum``: as :class:`InferenceAttention`'s."""
 
-    def __init__(self, layer: MobileViTV2Layer, key_after_sum: bool = False) -> None:
+    def __init__(self, layer: MobileViTV2Layer, key_after_sum: bool = True) -> None:
         super().__init__()
         self.patch_size, self.resize_to_patch_multiple = layer.patch_size, layer.resize_to_patch_multiple
         self.downsampling_layer, self.conv_kxk, self.conv_1x1 = layer.downsampling_layer, layer.conv_kxk, layer.conv_1x1
@@ -184,25 +176,36 @@ def _plain_pointwise(layer: nn.Module) -> bool:
     return conv.kernel_size == (1, 1) and conv.stride == (1, 1) and conv.groups == 1 and conv.bias is not None
 
 
+def _never_fused(x: torch.Tensor) -> None:
+    return None
+
+
 def _composed(first: nn.Conv2d, second: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     """(weight, bias) of ``second`` (a 1x1 convolution or a linear layer) applied to ``first``'s output
     (a 1x1 convolution), computed in float64: W2 W1 and W2 b1 + b2."""
     w1, b1 = first.weight.double().flatten(1), first.bias.double()
     w2 = second.weight.double().flatten(1)
-    b2 = second.bias.double() if second.bias is not None else torch.zeros(w2.shape[0], dtype=torch.float64)
+    b2 = second.bias.double() if second.bias is not None else w2.new_zeros(w2.shape[0])
     return w2 @ w1, w2 @ b1 + b2
 
 
 def compose_linear_maps(form: nn.Module) -> nn.Module:
     """Compose, in place, the linear maps of an inference form (BatchNorm folded) that follow each other
     with nothing between them (module docstring): each attention on patches gets its key projection after
-    its weighted sum (:class:`ImageLayoutBlock` sets its own with ``key_after_sum``);
-    for the classification and segmentation models, whose stage outputs are not outputs, each block's
-    projection into the next stage's expansion; and for the classifier, the last projection into the
-    classifier. Returns ``form``."""
+    its weighted sum (:class:`ImageLayoutBlock` sets its own with ``key_after_sum``); for the classification
+    and segmentation models, whose logits need no stage output but the last one, each block's projection
+    goes into the next stage's expansion; and for the classifier, the last projection into the classifier.
+    Their hidden states are then not the model's. Returns ``form``."""
     for module in list(form.modules()):
-        if isinstance(module, MobileViTV2TransformerLayer) and isinstance(module.attention, MobileViTV2LinearSelfAttention):
+        if (
+            isinstance(module, MobileViTV2TransformerLayer)
+            and isinstance(module.attention, MobileViTV2LinearSelfAttention)
+            and _plain_pointwise(module.attention.qkv_proj)
+        ):
             module.attention = InferenceAttention(module.attention)
+            # The fused transformer-layer op reads the qkv weights as 1 + 2d rows, which this layer no longer
+            # has: the modules run here, whatever implementation is set on the form later.
+            module._fused_backend = _never_fused
     if not isinstance(form, (MobileViTV2ForImageClassification, MobileViTV2ForSemanticSegmentation)):
         return form
     stages = form.mobilevitv2.encoder.layer

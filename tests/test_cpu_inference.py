@@ -6,6 +6,7 @@ the process only (disk_cache=False)."""
 from __future__ import annotations
 
 import importlib.util
+import os
 
 import pytest
 import torch
@@ -218,8 +219,6 @@ def test_a_damaged_package_is_compiled_again(model, tmp_path):
 def test_stale_partial_packages_are_removed_and_young_ones_kept(tmp_path):
     """A package half-written by a process killed while compiling is removed once it is a day old; a young
     one may be another process's compile in progress and stays, as does every finished package."""
-    import os
-
     from mobilevitv2.compiled_graphs import STALE_PARTIAL_SECONDS, remove_stale_partials
 
     now = 1_000_000_000.0
