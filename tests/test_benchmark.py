@@ -89,6 +89,25 @@ def test_cpu_groups_are_timed_in_rounds():
     assert g1[9:] == ["g1a", "g1a", "g1b", "g1b"] * 4  # then 4 rounds: a settling call, then the timed one
 
 
+def test_cpu_rounds_print_how_long_each_provider_took_to_get_ready(capsys):
+    """Progress shows where a long run spends its time: each provider's build, check and warm-up (a
+    compile or an export), and none for a provider that failed its check."""
+
+    def build(provider):
+        def fn():
+            if provider == "slow":
+                time.sleep(0.05)
+            return torch.ones(3)
+
+        return fn, lambda out: "wrong output" if provider == "broken" else None
+
+    cases = [harness.Case("g", name, checks.Deferred(build, name)) for name in ("slow", "broken")]
+    harness.run_cases(cases, CPU, reps=1, progress=True, interleave=True)
+    err = capsys.readouterr().err
+    ready = [line for line in err.splitlines() if "ready in" in line]
+    assert len(ready) == 1 and float(ready[0].split("ready in ")[1].split(" s")[0]) >= 0.2, err  # 4 calls of 50 ms
+
+
 def test_time_interleaved_stops_at_its_time_limit():
     import time
 

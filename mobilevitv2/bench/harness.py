@@ -294,18 +294,24 @@ def _run_cases_interleaved(
         for i, case in enumerate(group):  # build, check and warm up each provider
             if progress:
                 print(f"[{start + i + 1}/{len(cases)}] {case.group} | {case.provider}", file=sys.stderr, flush=True)
+            started = time.perf_counter()
             try:
                 warm_up(case.fn, 3, max_seconds)
             except Exception as exc:
                 errors[i] = _error_text(exc)
+            if progress and i not in errors:  # where a long run spends its time: a compile or an export shows here
+                print(f"    ready in {time.perf_counter() - started:.1f} s (built, checked, warmed up)", file=sys.stderr, flush=True)
         live = [i for i in range(len(group)) if i not in errors]
         if progress and live:
             print(f"    timing {len(live)} providers of {group[0].group} in rounds", file=sys.stderr, flush=True)
+        started = time.perf_counter()
         try:
             medians = dict(zip(live, time_interleaved_ms([group[i].fn for i in live], reps, max_seconds))) if live else {}
         except Exception as exc:  # a provider failing after its checked first call: the group's times are lost
             medians = {}
             errors.update({i: "while timing the group: " + _error_text(exc) for i in live})
+        if progress and live:
+            print(f"    timed in {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
         for i, case in enumerate(group):
             if i in errors:
                 result = Result(case.group, case.provider, float("nan"), error=errors[i])
