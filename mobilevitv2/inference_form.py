@@ -100,7 +100,7 @@ class InferenceAttention(nn.Module):
         if not key_after_sum:
             self.qkv_proj, self.key_proj = qkv, None
             return
-        if qkv.normalization is not None or qkv.activation is not None or qkv.convolution.bias is None:
+        if not _plain_pointwise(qkv):
             raise ValueError("the key projection moves after the sum only for a plain 1x1 convolution with a bias")
         weight, bias = qkv.convolution.weight.flatten(1), qkv.convolution.bias
         query_and_value = torch.cat([torch.arange(1), torch.arange(1 + d, 1 + 2 * d)])

@@ -20,7 +20,7 @@ from torch import nn
 
 from mobilevitv2.blocks import MobileViTV2Layer
 from mobilevitv2.heads import MobileViTV2ASPPPooling
-from mobilevitv2.inference_form import compose_linear_maps, fold_batchnorms
+from mobilevitv2.inference_form import inference_form
 from mobilevitv2.models import (
     MobileViTV2ForImageClassification,
     MobileViTV2ForSemanticSegmentation,
@@ -134,9 +134,7 @@ def exportable_copy(
     (:func:`mobilevitv2.inference_form.compose_linear_maps`: the same outputs with fewer multiply-adds, 13.7%
     fewer for the width-1.0 classifier at 256x256; for the base model and the backbone, whose outputs are
     stage features, only the key projections move)."""
-    model = _eager_copy(model)
-    if compose_linear:
-        compose_linear_maps(fold_batchnorms(model))
+    model = inference_form(model) if compose_linear else _eager_copy(model)
     sizes: dict[nn.Module, tuple[int, int]] = {}
     hooks = [
         m.register_forward_hook(lambda mod, args, out: sizes.__setitem__(mod, tuple(args[0].shape[-2:])))
