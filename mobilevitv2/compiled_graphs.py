@@ -12,7 +12,7 @@ written to a temporary file and renamed into place, so a half-written one is nev
 killed process is removed a day later); one that fails to load or run is compiled again. Where AOTInductor
 cannot compile the module, the graph falls back to ``torch.compile`` with a warning; where the cache cannot
 be written, the process keeps its packages to itself, with a warning. The folder is never pruned of finished
-packages: each package holds its weights (about 24 MB for width 1.0 in fp32 per input shape), and it can be
+packages: each package holds its weights (about 21 MB for width 1.0 in fp32 per input shape), and it can be
 deleted at any time.
 """
 
