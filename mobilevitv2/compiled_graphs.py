@@ -11,9 +11,9 @@ not run on a CPU without it) and the thread count (Inductor builds its C++ kerne
 written to a temporary file and renamed into place, so a half-written one is never loaded (one left by a
 killed process is removed a day later); one that fails to load or run is compiled again. Where AOTInductor
 cannot compile the module, the graph falls back to ``torch.compile`` with a warning; where the cache cannot
-be written, the process keeps its packages to itself, with a warning. The folder is never pruned of finished
-packages: each package holds its weights (about 21 MB for width 1.0 in fp32 per input shape), and it can be
-deleted at any time.
+be written, the process keeps its packages to itself, with a warning. Each package holds its weights (about
+21 MB for width 1.0 in fp32 per input shape); the folder is kept under a size limit, the packages used
+longest ago removed first (:mod:`mobilevitv2.cache_limit`), and it can be deleted at any time.
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from mobilevitv2 import cache_limit
 
 # How a package is made, part of its key: a changed recipe compiles new packages instead of loading old ones.
 RECIPE = 1
@@ -104,8 +106,9 @@ class CachedGraph:
     ``cache_dir`` when one was compiled before. ``identity``: what else the package depends on (the
     weights' digest, the configuration; a JSON-able dict). ``fallback``: makes the ``torch.compile``
     replacement used where AOTInductor fails. ``loaded``, ``compiled`` and ``fell_back`` count the inputs for
-    which this graph loaded a package from the cache, compiled one, or fell back. Not for several threads at
-    once (:class:`mobilevitv2.cpu_inference.CPUInference` calls it under a lock)."""
+    which this graph loaded a package from the cache, compiled one, or fell back. The folder is pruned to
+    the cache limit (:mod:`mobilevitv2.cache_limit`, read here) after each package is written. Not for
+    several threads at once (:class:`mobilevitv2.cpu_inference.CPUInference` calls it under a lock)."""
 
     def __init__(self, module: nn.Module, name: str, identity: dict, cache_dir: str | os.PathLike,
                  fallback: Callable[[nn.Module], Callable[[torch.Tensor], torch.Tensor]]) -> None:  # fmt: skip
@@ -114,6 +117,7 @@ class CachedGraph:
         self.runners: dict[tuple, Callable[[torch.Tensor], torch.Tensor]] = {}
         self.fallback: Callable[[torch.Tensor], torch.Tensor] | None = None
         self.loaded = self.compiled = self.fell_back = 0
+        self.cache_limit = cache_limit.limit_bytes()  # a bad $MOBILEVITV2_CACHE_LIMIT_GB fails here, not mid-compile
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         signature = (tuple(x.shape), tuple(x.stride()), x.dtype)
@@ -170,6 +174,7 @@ class CachedGraph:
                 runner = torch._inductor.aoti_load_package(str(path))
                 out = runner(x)
                 self.loaded += 1
+                cache_limit.mark_used(path)
                 return runner, out
             except Exception:  # a damaged or foreign package: compiled again below, replacing it
                 pass
@@ -190,6 +195,7 @@ class CachedGraph:
             if os.path.dirname(partial) == str(path.parent):
                 os.chmod(partial, 0o644)  # readable by others sharing the cache (mkstemp makes 0600)
                 os.replace(partial, path)  # atomic: another process compiling the same package wins or loses whole
+                cache_limit.prune(path.parent, keep=path, limit=self.cache_limit)
         finally:
             if os.path.exists(partial):
                 os.unlink(partial)

@@ -34,8 +34,9 @@ decompressed to fp32 at run time, so only the weights' rounding changes the resu
 
 :func:`load` caches exports under ``$MOBILEVITV2_CACHE`` (default ``~/.cache/mobilevitv2/exports``), keyed
 by a hash of the weights, the config, the model class, the input size, the format, the compression and the
-versions of torch, this package and the runtime, so a second load of the same model reuses the file.
-A runtime that is not installed raises :class:`MissingRuntimeError` (an ImportError) naming the pip extra.
+versions of torch, this package and the runtime, so a second load of the same model reuses the file; each
+format's folder is kept under ``$MOBILEVITV2_CACHE_LIMIT_GB`` (default 2), the exports used longest ago
+removed first (:mod:`mobilevitv2.cache_limit`). A runtime that is not installed raises :class:`MissingRuntimeError` (an ImportError) naming the pip extra.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mobilevitv2 import cache_limit
 from mobilevitv2.onnx_export import OPSET, _TensorOutputs, export_onnx, exportable_copy, with_two_pass_group_norms
 
 RUNTIMES = ("torch", "inductor", "onnxruntime", "openvino", "executorch")
@@ -432,13 +434,17 @@ def cached_export(
 ) -> tuple[str, bool]:
     """(path of the exported file, whether it was already in the cache). A new export is written to a
     temporary folder inside the cache and renamed into place, so a half-written export is never used and
-    processes exporting the same model at once do not collide."""
+    processes exporting the same model at once do not collide. The format's folder is kept under the cache
+    limit (:mod:`mobilevitv2.cache_limit`): a reused entry is marked used, and after a new one is written
+    the entries used longest ago go."""
     _check_format(format, compression)
+    limit = cache_limit.limit_bytes()  # a bad $MOBILEVITV2_CACHE_LIMIT_GB fails before any work
     root = os.path.join(os.fspath(cache_dir) if cache_dir is not None else default_cache_dir(), format)
     key = cache_key(model, height, width, format, compression)
     entry = os.path.join(root, f"{type(model).__name__}-{height}x{width}-{compression or 'fp32'}-{key[:24]}")
     path = os.path.join(entry, "model" + SUFFIXES[format])
     if all(os.path.isfile(f) for f in exported_files(path, format)):
+        cache_limit.mark_used(entry)
         return path, True
     if os.path.isdir(entry):  # an entry missing a file (removed by hand): made again
         shutil.rmtree(entry, ignore_errors=True)
@@ -455,6 +461,7 @@ def cached_export(
                 raise
     finally:
         shutil.rmtree(partial, ignore_errors=True)
+    cache_limit.prune(root, keep=entry, limit=limit)
     return path, False
 
 
