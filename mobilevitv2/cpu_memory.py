@@ -7,7 +7,8 @@ faulted in and zeroed by the kernel again on every call. Measured on a 2-core AM
 model, width 1.0 at 256x256, a fresh process each: batch 1 took 13,000 page faults and 31 ms of kernel time
 per call (80 ms in all), batch 8 358,000 and 1.0 s (1,039 ms in all); with :func:`keep_freed_memory`, none,
 and 55 ms and 420 ms. Compiled code (:class:`mobilevitv2.cpu_inference.CPUInference`) and the runtimes
-allocate once and are not affected.
+mostly are not affected (about 15 faults a call), though a graph's allocations follow the same rules and one
+that frees more than glibc's trim threshold at the top of the heap faults its memory in again too.
 
 :func:`keep_freed_memory` changes the whole process's ``malloc``: every block comes from the heap, and freed
 memory stays in the process for reuse (the heap is trimmed only when more than 1 GiB is free at its top), so
