@@ -59,29 +59,36 @@ def _size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def prune(folder: str | os.PathLike, keep: str | os.PathLike, limit: float | None = None) -> list[Path]:
-    """Remove this package's entries from ``folder``, used longest ago first, until they take at most
-    ``limit`` bytes (default :func:`limit_bytes`); ``keep`` (the entry just written) is never removed.
-    Returns what went. An entry another process removes or uses meanwhile is passed over."""
-    limit = limit_bytes() if limit is None else limit
-    keep = Path(keep).resolve()
-    entries = []
+def entries(folder: str | os.PathLike) -> list[tuple[float, int, Path]]:
+    """This package's entries in ``folder`` as (modification time, bytes, path), in no order; none for a
+    folder that does not exist. An entry removed meanwhile is passed over."""
     try:
         children = list(Path(folder).iterdir())
     except OSError:
         return []
+    found = []
     for path in children:
         try:
             if _is_entry(path):
-                entries.append((path.stat().st_mtime, _size(path), path))
-        except OSError:  # removed meanwhile
+                found.append((path.stat().st_mtime, _size(path), path))
+        except OSError:
             continue
-    total = sum(size for _, size, _ in entries)
+    return found
+
+
+def prune(folder: str | os.PathLike, keep: str | os.PathLike | None = None, limit: float | None = None) -> list[Path]:
+    """Remove this package's entries from ``folder``, used longest ago first, until they take at most
+    ``limit`` bytes (default :func:`limit_bytes`; 0 removes them all); ``keep`` (the entry just written) is
+    never removed. Returns what went. An entry another process removes or uses meanwhile is passed over."""
+    limit = limit_bytes() if limit is None else limit
+    kept = Path(keep).resolve() if keep is not None else None
+    found = entries(folder)
+    total = sum(size for _, size, _ in found)
     removed = []
-    for _, size, path in sorted(entries, key=lambda entry: entry[0]):
+    for _, size, path in sorted(found, key=lambda entry: entry[0]):
         if total <= limit:
             break
-        if path.resolve() == keep:
+        if path.resolve() == kept:
             continue
         try:
             if path.is_dir():

@@ -1,4 +1,4 @@
-"""The ``mobilevitv2`` command: predict, segment, train, convert, export (export-onnx), bench; its parser
+"""The ``mobilevitv2`` command: predict, segment, train, convert, export (export-onnx), cache, bench; its parser
 and the commands other than predict and segment (:mod:`mobilevitv2.cli_predict`).
 
 Every user error (a missing file, an unreadable image, a checkpoint that does not fit the command, an
@@ -8,14 +8,16 @@ unreachable Hub) ends in one line on stderr and exit status 1, never a traceback
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
 import torch
 
-from mobilevitv2 import cpu_memory, inference, runtimes
+from mobilevitv2 import cache_limit, cpu_memory, inference, runtimes
 from mobilevitv2.cli_common import PROG, UsageError
 from mobilevitv2.cli_predict import cmd_predict, cmd_segment
+from mobilevitv2.compiled_graphs import GRAPHS_FOLDER
 from mobilevitv2.config import MobileViTV2Config
 from mobilevitv2.convert import convert_checkpoint
 from mobilevitv2.inference import palette
@@ -97,6 +99,25 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----- cache -------------------------------------------------------------------------------------------------
+def cmd_cache(args: argparse.Namespace) -> int:
+    root = runtimes.default_cache_dir()
+    limit = cache_limit.limit_bytes()
+    shown = "none" if limit == float("inf") else f"{limit / 1e9:g} GB"
+    print(f"{root} (each folder kept under {shown}, ${cache_limit.LIMIT_ENV})")
+    for name in (*runtimes.FORMATS, GRAPHS_FOLDER):
+        folder = os.path.join(root, name)
+        found = cache_limit.entries(folder)
+        if args.clear:
+            removed = cache_limit.prune(folder, limit=0)
+            left = len(found) - len(removed)
+            freed = sum(size for _, size, path in found if path in removed)
+            print(f"  {name:<13} removed {len(removed)} entries ({freed / 1e6:.1f} MB)" + (f", {left} could not be removed" if left else ""))
+        else:
+            print(f"  {name:<13} {len(found):4d} entries {sum(size for _, size, _ in found) / 1e6:9.1f} MB")
+    return 0
+
+
 # ----- bench -------------------------------------------------------------------------------------------------
 def cmd_bench(argv: Sequence[str]) -> int:
     try:
@@ -108,7 +129,7 @@ def cmd_bench(argv: Sequence[str]) -> int:
 
 # ----- the parser --------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description="MobileViTV2: predict, segment, train, convert, export, benchmark")
+    parser = argparse.ArgumentParser(prog=PROG, description="MobileViTV2: predict, segment, train, convert, export, cache, benchmark")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     preset = dict(choices=["fused", "reference"], default=None,
                   help="fused: every fused kernel that is faster on the device; reference: pure PyTorch "
@@ -230,6 +251,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, default=256)
     p.add_argument("--opset", type=int, default=OPSET)
     p.set_defaults(func=cmd_export, format="onnx", compression=None)
+
+    p = sub.add_parser(
+        "cache", help="the cache of exports and compiled CPU graphs: what each folder holds, or --clear",
+        description="The cache is $MOBILEVITV2_CACHE (default ~/.cache/mobilevitv2/exports); each folder is kept "
+        f"under ${cache_limit.LIMIT_ENV} gigabytes (default {cache_limit.DEFAULT_LIMIT_GB:g}), the entries used "
+        "longest ago removed first.",
+    )  # fmt: skip
+    p.add_argument("--clear", action="store_true", help="remove every export and compiled graph this package wrote there")
+    p.set_defaults(func=cmd_cache)
 
     sub.add_parser("bench", help="benchmark the implementations (options: mobilevitv2 bench --help)", add_help=False)
     return parser

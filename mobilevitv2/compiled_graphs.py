@@ -38,13 +38,14 @@ from mobilevitv2 import cache_limit
 RECIPE = 1
 # The packages whose code a compiled graph may contain (the model, and the reference ops it traces through).
 _PACKAGES = ("mobilevitv2", "mobilevitv2_kernels")
+GRAPHS_FOLDER = "inductor-cpu"  # the compiled graphs' folder in the export cache
 
 
 def default_cache_dir() -> str:
     """``inductor-cpu`` in the export cache (``$MOBILEVITV2_CACHE``, else ``~/.cache/mobilevitv2/exports``)."""
     from mobilevitv2.runtimes import default_cache_dir as export_cache_dir
 
-    return os.path.join(export_cache_dir(), "inductor-cpu")
+    return os.path.join(export_cache_dir(), GRAPHS_FOLDER)
 
 
 def weights_digest(module: nn.Module) -> str:

@@ -368,9 +368,10 @@ def _open_torch(model: torch.nn.Module, precision: str) -> Callable[[torch.Tenso
 
 
 def _open_inductor(model: torch.nn.Module, precision: str, cache_dir: str | os.PathLike | None) -> Callable[[torch.Tensor], torch.Tensor]:
+    from mobilevitv2.compiled_graphs import GRAPHS_FOLDER
     from mobilevitv2.cpu_inference import CPUInference
 
-    graphs = os.path.join(os.fspath(cache_dir), "inductor-cpu") if cache_dir is not None else None
+    graphs = os.path.join(os.fspath(cache_dir), GRAPHS_FOLDER) if cache_dir is not None else None
     compiled = CPUInference(model, precision=precision, cache_dir=graphs)  # checks the model's type and device
     return lambda pixel_values: compiled(pixel_values.detach().to("cpu", torch.float32))
 

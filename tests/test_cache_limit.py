@@ -137,3 +137,33 @@ def _tiny_classifier():
     from mobilevitv2 import MobileViTV2Config, MobileViTV2ForImageClassification
 
     return MobileViTV2ForImageClassification(MobileViTV2Config.from_width(0.5, num_labels=3)).eval()
+
+
+def test_the_cache_command_shows_and_clears_only_its_own_entries(tmp_path, monkeypatch, capsys):
+    from mobilevitv2 import cli
+
+    monkeypatch.setenv(runtimes.CACHE_ENV, str(tmp_path))
+    monkeypatch.setenv(cache_limit.LIMIT_ENV, "1.5")
+    now = time.time()
+    (tmp_path / "onnx").mkdir()
+    (tmp_path / "inductor-cpu").mkdir()
+    _export_entry(tmp_path / "onnx", "Model-64x64-fp32-aaa", 2_000_000, age=10, now=now)
+    _package(tmp_path / "inductor-cpu", "early-1x3x64x64-abc.pt2", 3_000_000, age=10, now=now)
+    _package(tmp_path / "inductor-cpu", "late-1x64x8x8-def.pt2", 1_000_000, age=10, now=now)
+    foreign = _package(tmp_path / "inductor-cpu", "readme.txt", 10, age=10, now=now)
+    assert cli.main(["cache"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"{tmp_path} (each folder kept under 1.5 GB, $MOBILEVITV2_CACHE_LIMIT_GB)"
+    assert out[1].split() == ["onnx", "1", "entries", "2.0", "MB"]
+    assert out[-1].split() == ["inductor-cpu", "2", "entries", "4.0", "MB"]
+    assert [line.split()[0] for line in out[1:]] == ["onnx", "openvino", "executorch", "inductor-cpu"]
+
+    assert cli.main(["cache", "--clear"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[1].split() == ["onnx", "removed", "1", "entries", "(2.0", "MB)"]
+    assert out[-1].split() == ["inductor-cpu", "removed", "2", "entries", "(4.0", "MB)"]
+    assert list((tmp_path / "onnx").iterdir()) == [] and list((tmp_path / "inductor-cpu").iterdir()) == [foreign]
+
+    monkeypatch.setenv(cache_limit.LIMIT_ENV, "lots")
+    assert cli.main(["cache"]) == 1
+    assert "MOBILEVITV2_CACHE_LIMIT_GB must be a positive number" in capsys.readouterr().err
