@@ -102,17 +102,21 @@ def cmd_export(args: argparse.Namespace) -> int:
 # ----- cache -------------------------------------------------------------------------------------------------
 def cmd_cache(args: argparse.Namespace) -> int:
     root = runtimes.default_cache_dir()
-    limit = cache_limit.limit_bytes()
-    shown = "none" if limit == float("inf") else f"{limit / 1e9:g} GB"
-    print(f"{root} (each folder kept under {shown}, ${cache_limit.LIMIT_ENV})")
+    try:
+        limit = cache_limit.limit_bytes()
+        shown = f"each folder kept under {'no limit' if limit == float('inf') else f'{limit / 1e9:g} GB'}"
+    except ValueError as exc:  # neither listing nor clearing needs the limit: say what is wrong and go on
+        print(f"{PROG} cache: warning: {exc}; new entries will fail until it is fixed", file=sys.stderr)
+        shown = "no valid limit"
+    print(f"{root} ({shown}, ${cache_limit.LIMIT_ENV})")
     for name in (*runtimes.FORMATS, GRAPHS_FOLDER):
         folder = os.path.join(root, name)
         found = cache_limit.entries(folder)
         if args.clear:
-            removed = cache_limit.prune(folder, limit=0)
-            left = len(found) - len(removed)
+            removed, failed = cache_limit.clear(folder)
             freed = sum(size for _, size, path in found if path in removed)
-            print(f"  {name:<13} removed {len(removed)} entries ({freed / 1e6:.1f} MB)" + (f", {left} could not be removed" if left else ""))
+            failed_note = f", {len(failed)} could not be removed" if failed else ""
+            print(f"  {name:<13} removed {len(removed)} entries ({freed / 1e6:.1f} MB){failed_note}")
         else:
             print(f"  {name:<13} {len(found):4d} entries {sum(size for _, size, _ in found) / 1e6:9.1f} MB")
     return 0

@@ -164,6 +164,15 @@ class CachedGraph:
         shape = "x".join(str(s) for s in x.shape)
         return self.cache_dir / f"{self.name}-{shape}-{key[:32]}.pt2"
 
+    def _prune(self, written: Path) -> None:
+        """The folder pruned to the cache limit after ``written`` went in; a failure here costs the folder its
+        trim, never the package just compiled."""
+        try:
+            cache_limit.prune(written.parent, keep=written, limit=self.cache_limit)
+        except Exception as exc:  # pruning is housekeeping: never worth the package
+            warnings.warn(f"mobilevitv2: could not prune the compiled-graph cache {written.parent} ({exc})",
+                          RuntimeWarning, stacklevel=5)  # fmt: skip
+
     def _load_or_compile(self, x: torch.Tensor) -> tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor]:
         """(runner, runner(x)): the cached package's if it loads and runs, else a new one's. The first call
         is part of it, so a package that loads but cannot run is compiled again."""
@@ -196,7 +205,7 @@ class CachedGraph:
             if os.path.dirname(partial) == str(path.parent):
                 os.chmod(partial, 0o644)  # readable by others sharing the cache (mkstemp makes 0600)
                 os.replace(partial, path)  # atomic: another process compiling the same package wins or loses whole
-                cache_limit.prune(path.parent, keep=path, limit=self.cache_limit)
+                self._prune(path)
         finally:
             if os.path.exists(partial):
                 os.unlink(partial)
