@@ -7,9 +7,10 @@ for oneDNN once instead of on every call (about 20% of the time at batch 1); cha
 oneDNN's convolutions run fastest in. The compiled graphs are called from C++ (Inductor's ``cpp_wrapper``),
 which saves the Python overhead of their ~150 calls per image.
 
-The model runs as two graphs. The stem and stages 1-3 run one image at a time: a 256x256 image's largest
-activations are a few MB and stay in the caches from layer to layer, a batch of 8's do not (fp32, 2 cores:
-32 ms per image at batch 1, 46 ms per image as one batch of 8). Stages 4-5 and the head run on up to 8
+The model runs as two graphs. The stem and stages 1-3 run a few images at a time (``micro_batch``): in fp32
+one (a 256x256 image's largest activation is 8 MiB; 4 images' reach glibc's 32 MiB ceiling for reusing
+freed memory, and every call then maps and faults in fresh pages), in bf16 four (bf16 with AMX spends its
+time around the matmuls, not in them, and four images share that time; 16 MiB). Stages 4-5 and the head run on up to 8
 images at once: at 16x16 and 8x8 their 1x1 convolutions are small matmuls per image, and batching them
 took batch 8 from 292 to 262 ms in fp32 and from 167 to 141 ms in bf16 (medians of 20, timed alternately
 in one process), batch 1 unchanged. bf16 runs the matmuls and convolutions in bf16 under autocast
@@ -37,6 +38,11 @@ from mobilevitv2.inference_form import inference_form
 from mobilevitv2.models import MobileViTV2ForImageClassification, MobileViTV2ForSemanticSegmentation
 
 PRECISIONS = ("fp32", "bf16")
+# Images per call of the stem and stages 1-3, by precision. Measured at batch 8, width 1.0, 256x256, on a
+# 2-core Xeon with AMX (docs/design.md, "The CPU inference path"): bf16 4 images 0.90x of one at a time
+# (stock allocator; 0.77x with freed memory kept); fp32 one image, as fast as 2, 4 or 8 with freed memory
+# kept and 1.3x faster than 4 with the stock allocator (4 images' 32 MiB activations are mapped afresh).
+DEFAULT_MICRO_BATCH = {"fp32": 1, "bf16": 4}
 # freezing: weights as constants, convolutions pre-packed; cpp_wrapper: the compiled graph's calls made from
 # C++ instead of Python (about 150 calls per image: 15% at batch 1 in bf16, measured);
 # cpp_wrapper_build_separate: the generated kernels compiled apart from the C++ entry point, which is built
@@ -151,8 +157,8 @@ class CPUInference:
     ``precision``: "fp32" (equal to the model to about 1e-5) or "bf16".
 
     A batch runs in groups of at most ``late_batch`` images (so memory stays bounded whatever the batch):
-    each group's stem and stages 1-3 run ``micro_batch`` images at a time (default one: an image's
-    activations stay in the caches from layer to layer, a batch's do not), and its stages 4-5 and head run
+    each group's stem and stages 1-3 run ``micro_batch`` images at a time (default
+    :data:`DEFAULT_MICRO_BATCH` for the precision: 1 in fp32, 4 in bf16), and its stages 4-5 and head run
     on the whole group (their matmuls are small per image and gain from the batch), a group's size taken in
     powers of two so that few shapes are compiled (:func:`power_of_two_chunks`). Measured on a 2-core CPU by
     ``mobilevitv2 bench --suite cpu``; docs/design.md, "The CPU inference path".
@@ -170,7 +176,7 @@ class CPUInference:
         precision: str = "fp32",
         channels_last: bool = True,
         *,
-        micro_batch: int = 1,
+        micro_batch: int | None = None,
         late_batch: int = 8,
         image_layout: bool = False,
         disk_cache: bool = True,
@@ -178,6 +184,8 @@ class CPUInference:
     ) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        if micro_batch is None:
+            micro_batch = DEFAULT_MICRO_BATCH[precision]
         for name, value in (("micro_batch", micro_batch), ("late_batch", late_batch)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
