@@ -117,6 +117,19 @@ def test_time_interleaved_stops_at_its_time_limit():
     assert time.perf_counter() - began < 1  # 3 rounds of 4 calls, not 1000 rounds
 
 
+def test_time_interleaved_lets_the_previous_provider_settle():
+    import time
+
+    calls: list[tuple[str, float]] = []
+    fns = [lambda name=name: calls.append((name, time.perf_counter())) for name in "ab"]
+    harness.time_interleaved_ms(fns, reps=3, settle_seconds=0.02)
+    assert [name for name, _ in calls] == list("aabb" * 3)
+    # each turn (two calls) begins at least the pause after the previous turn's last call
+    turn_starts = [(calls[i - 1][1], calls[i][1]) for i in range(2, len(calls), 2)]
+    assert all(start - previous >= 0.02 for previous, start in turn_starts), turn_starts
+    assert calls[1][1] - calls[0][1] < 0.02  # the discarded call and the timed one follow each other
+
+
 def test_relative_error():
     expected = torch.tensor([3.0, 4.0])
     assert checks.relative_error(expected, expected) == 0.0

@@ -168,17 +168,27 @@ def time_ms(
     return statistics.median(times)
 
 
-def time_interleaved_ms(fns: list[Callable[[], object]], reps: int = 10, max_seconds: float | None = None) -> list[float]:
+# Pause before each function's turn in a round: ONNX Runtime's idle worker threads spin for 10-20 ms after
+# a call, and on 2 cores the next provider's threads share a core with them (measured: our bf16 path
+# 23-33 ms right after ONNX Runtime with pauses of 0-10 ms, 18-20 ms after 20-100 ms).
+SETTLE_SECONDS = 0.03
+
+
+def time_interleaved_ms(
+    fns: list[Callable[[], object]], reps: int = 10, max_seconds: float | None = None, settle_seconds: float = SETTLE_SECONDS
+) -> list[float]:
     """Median ``perf_counter`` milliseconds of each of ``fns`` (warmed up already), timed in rounds, so that a
     CPU whose speed drifts during the run (other tenants, clocks) slows every provider alike instead of
-    whichever ran at the wrong moment. In a round each function is called twice and the second call is
-    timed: the first absorbs what the previous function left behind (runtimes whose idle threads spin for a
-    while after a call, cold caches). Stops after ``reps`` rounds, or, with ``max_seconds``, once
-    ``max_seconds`` per function have passed (after at least three rounds)."""
+    whichever ran at the wrong moment. In a round each function waits ``settle_seconds`` (the previous
+    one's spinning threads go idle), is called twice, and the second call is timed: the first absorbs what
+    the previous function left behind (cold caches, threads asleep). Stops after ``reps`` rounds, or, with
+    ``max_seconds``, once ``max_seconds`` per function have passed (after at least three rounds)."""
     times: list[list[float]] = [[] for _ in fns]
     began = time.perf_counter()
     while True:
         for fn, spans in zip(fns, times):
+            if settle_seconds > 0:
+                time.sleep(settle_seconds)
             fn()
             start = time.perf_counter()
             fn()
