@@ -130,6 +130,16 @@ def test_time_interleaved_lets_the_previous_provider_settle():
     assert calls[1][1] - calls[0][1] < 0.02  # the discarded call and the timed one follow each other
 
 
+def test_cpu_description_names_the_model_and_its_matmul_features():
+    cpuinfo = "processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Processor\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n\nprocessor\t: 1\nmodel name\t: Intel(R) Xeon(R) Processor\n"
+    described = harness.cpu_description(cpuinfo)
+    assert described.startswith("CPU (Intel(R) Xeon(R) Processor, ") and described.endswith(", AVX-512, AVX-512 BF16, AMX)"), described
+    assert f"{os.cpu_count()} cores" in described
+    plain = harness.cpu_description("model name\t: AMD EPYC 9R14\nflags\t\t: fpu avx2\n")
+    assert "AMD EPYC 9R14" in plain and "AVX" not in plain and "AMX" not in plain, plain
+    assert harness.cpu_description("").startswith("CPU (")  # no /proc/cpuinfo: the platform's names
+
+
 def test_relative_error():
     expected = torch.tensor([3.0, 4.0])
     assert checks.relative_error(expected, expected) == 0.0

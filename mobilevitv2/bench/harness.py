@@ -57,10 +57,34 @@ class Result:
 # ----- environment -------------------------------------------------------------------------------------------
 
 
+# /proc/cpuinfo flags that decide how fast a CPU runs the model, named in CPU results
+_CPU_FEATURES = {"avx512f": "AVX-512", "avx512_bf16": "AVX-512 BF16", "amx_bf16": "AMX"}
+
+
+def cpu_description(cpuinfo: str | None = None) -> str:
+    """The CPU's model name (from ``/proc/cpuinfo`` where there is one), architecture, core count and the
+    vector features that decide its fp32 and bf16 speed: two CPUs of the same architecture can differ
+    several times in bf16 (AMX or not), so a CPU result names them."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8") as f:
+                cpuinfo = f.read()
+        except OSError:
+            cpuinfo = ""
+    fields = {}
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    flags = set(fields.get("flags", "").split())
+    parts = [fields.get("model name") or platform.processor() or platform.machine(), platform.machine(), f"{os.cpu_count()} cores"]
+    parts += [name for flag, name in _CPU_FEATURES.items() if flag in flags]
+    return f"CPU ({', '.join(dict.fromkeys(p for p in parts if p))})"
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+    return cpu_description()
 
 
 def environment(device: torch.device) -> dict:
