@@ -52,7 +52,9 @@ def softmax_weighted_sum(
     """For each pixel offset inside a patch, the sum over the N patches of ``inputs`` weighted by the softmax
     of ``query`` over the patches. On patches (``patch_size`` None): ``query`` (B, 1, P, N) and ``inputs``
     (B, c, P, N) give (B, c, P, 1). On images: ``query`` (B, 1, H, W) and ``inputs`` (B, c, H, W), H and W
-    multiples of the patch size, give (B, c, ph, pw)."""
+    multiples of the patch size, give (B, c, ph, pw). The softmax and the sum are float32 whatever the inputs'
+    dtype (under bf16 autocast neither the weights nor the sum are rounded to bf16), and so is the result."""
+    query = query.float()
     if patch_size is None:
         return torch.sum(inputs * torch.softmax(query, dim=-1), dim=-1, keepdim=True)
     B, c, H, W = inputs.shape
@@ -111,7 +113,7 @@ class InferenceAttention(nn.Module):
         d = self.embed_dim
         if self.key_proj is None:
             query, key, value = torch.split(self.qkv_proj(x), [1, d, d], dim=1)
-            context = softmax_weighted_sum(query, key, self.patch_size)
+            context = softmax_weighted_sum(query, key, self.patch_size).to(key.dtype)
         else:
             query, value = torch.split(self.qkv_proj(x), [1, d], dim=1)
             summed = softmax_weighted_sum(query, x, self.patch_size)

@@ -188,3 +188,22 @@ def test_the_image_layout_attention_core_equals_the_patch_computation(patch):
     expected = reference.fold_forward(torch.relu(patches[2]) * context, H, W, ph, pw)
     got = times_context(torch.relu(v), softmax_weighted_sum(q, k, patch), patch)
     torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("patch", [None, (2, 2)])
+def test_the_softmax_weighted_sum_of_bf16_inputs_is_float32_throughout(patch):
+    # Under bf16 autocast the query and inputs arrive in bf16; the weights and the sum must not be rounded
+    # to bf16 on the way (the bf16 CPU path's logit error depends on it).
+    gen = torch.Generator().manual_seed(9)
+    shape = (2, 1, 4, 16) if patch is None else (2, 1, 8, 8)
+    q = (torch.randn(shape, generator=gen) * 3).bfloat16()
+    x = torch.randn(2, 5, *shape[2:], generator=gen).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = softmax_weighted_sum(q, x, patch)
+    expected = softmax_weighted_sum(q.float(), x.float(), patch)  # the same bf16 values, computed in float32
+    assert got.dtype == torch.float32
+    assert_nontrivial(expected, "weighted sum")
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-6)
+    rounded = torch.sum(x * torch.softmax(q, dim=-1), dim=-1, keepdim=True) if patch is None else None
+    if rounded is not None:  # what bf16 all the way gives: far outside that tolerance
+        assert (rounded.float() - expected).abs().max() > 1e-4
