@@ -43,6 +43,11 @@ PRECISIONS = ("fp32", "bf16")
 # (stock allocator; 0.77x with freed memory kept); fp32 one image, as fast as 2, 4 or 8 with freed memory
 # kept and 1.3x faster than 4 with the stock allocator (4 images' 32 MiB activations are mapped afresh).
 DEFAULT_MICRO_BATCH = {"fp32": 1, "bf16": 4}
+# Whether the blocks' attention runs on the image (no unfold/fold), by precision. Measured on the same Xeon,
+# alternating in one process: bf16 batch 1 0.94-0.96x of the patch layout (118 and 128 of 150 rounds
+# faster), batch 8 the same, relative logit error 1.056e-2 against 1.051e-2 (32 images); fp32 batch 1
+# 1.03x, so fp32 keeps the patch layout.
+DEFAULT_IMAGE_LAYOUT = {"fp32": False, "bf16": True}
 # freezing: weights as constants, convolutions pre-packed; cpp_wrapper: the compiled graph's calls made from
 # C++ instead of Python (about 150 calls per image: 15% at batch 1 in bf16, measured);
 # cpp_wrapper_build_separate: the generated kernels compiled apart from the C++ entry point, which is built
@@ -163,7 +168,8 @@ class CPUInference:
     powers of two so that few shapes are compiled (:func:`power_of_two_chunks`). Measured on a 2-core CPU by
     ``mobilevitv2 bench --suite cpu``; docs/design.md, "The CPU inference path".
     ``image_layout``: run the blocks' attention on the image, without unfold/fold
-    (:mod:`mobilevitv2.inference_form`); BatchNorm is folded either way.
+    (:mod:`mobilevitv2.inference_form`; default :data:`DEFAULT_IMAGE_LAYOUT` for the precision: in bf16, not
+    in fp32); BatchNorm is folded either way.
 
     The compiled graphs are kept on disk (:mod:`mobilevitv2.compiled_graphs`, in ``cache_dir``, default
     :func:`mobilevitv2.compiled_graphs.default_cache_dir`): a later process with the same weights loads them
@@ -178,7 +184,7 @@ class CPUInference:
         *,
         micro_batch: int | None = None,
         late_batch: int = 8,
-        image_layout: bool = False,
+        image_layout: bool | None = None,
         disk_cache: bool = True,
         cache_dir: str | os.PathLike | None = None,
     ) -> None:
@@ -186,6 +192,8 @@ class CPUInference:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         if micro_batch is None:
             micro_batch = DEFAULT_MICRO_BATCH[precision]
+        if image_layout is None:
+            image_layout = DEFAULT_IMAGE_LAYOUT[precision]
         for name, value in (("micro_batch", micro_batch), ("late_batch", late_batch)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -198,6 +206,7 @@ class CPUInference:
             raise ValueError("CPUInference needs a model on the CPU; call model.cpu() first")
         form = inference_form(model, image_layout=image_layout)
         self.channels_last, self.micro_batch, self.late_batch, self.precision = channels_last, micro_batch, late_batch, precision
+        self.image_layout = image_layout
         if channels_last:
             form = form.to(memory_format=torch.channels_last)
         self.backbone = form.mobilevitv2  # its input checks run before each call

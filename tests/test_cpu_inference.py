@@ -35,7 +35,7 @@ def test_fp32_equals_the_reference(model):
     assert_nontrivial(expected, "reference logits")
     fast = CPUInference(model)
     got = fast(x)
-    assert fast.micro_batch == 1  # fp32's stages 1-3 one image at a time by default
+    assert fast.micro_batch == 1 and not fast.image_layout  # fp32: one image at a time, the patch layout
     assert got.dtype == torch.float32 and got.shape == expected.shape
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(fast(x[:1]), expected[:1], atol=1e-5, rtol=1e-5)  # another batch size
@@ -52,8 +52,9 @@ def test_bf16_is_explicit_and_within_its_error(model):
     fast = CPUInference(model, precision="bf16")
     got = fast(x)
     assert_ran_packages(fast)
-    # bf16's stages 1-3 take up to 4 images a call by default: both images in one early graph
-    assert fast.micro_batch == 4 and len(fast.early.runners) == 1 and next(iter(fast.early.runners))[0][0] == 2
+    # bf16's stages 1-3 take up to 4 images a call by default (both images in one early graph), and its
+    # blocks' attention runs on the image
+    assert fast.image_layout and fast.micro_batch == 4 and len(fast.early.runners) == 1 and next(iter(fast.early.runners))[0][0] == 2
     assert got.dtype == torch.float32
     error = (got - expected).norm() / expected.norm()
     assert 0 < error < 5e-2, error  # bf16 rounding (8-bit mantissa) through the whole network
