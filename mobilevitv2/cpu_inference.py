@@ -14,8 +14,9 @@ time around the matmuls, not in them, and four images share that time; 16 MiB). 
 images at once: at 16x16 and 8x8 their 1x1 convolutions are small matmuls per image, and batching them
 took batch 8 from 292 to 262 ms in fp32 and from 167 to 141 ms in bf16 (medians of 20, timed alternately
 in one process), batch 1 unchanged. bf16 runs the matmuls and convolutions in bf16 under autocast
-(accumulating in fp32; the activations between them, norms and softmax included, are bf16 tensors; the
-attention's key projections and the classifier stay fp32): faster on CPUs with native bf16 (AVX-512 BF16,
+(accumulating in fp32; the activations between them, norms included, are bf16 tensors; the attention's
+softmax and weighted sum, its key projections and the classifier stay fp32) and, by default, the blocks'
+attention on the image without unfold/fold: faster on CPUs with native bf16 (AVX-512 BF16,
 AMX), with a max abs logit error of 3-4e-2 at logit std 1 (width 1.0), so it is an explicit choice, never a
 silent one. The
 compiled copy owns its weights: later changes to the model do not reach it. The compiled graphs are kept on
@@ -72,9 +73,10 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-# Stages 1-3 (strides 2-8) run one micro-batch at a time, stages 4-5 and the head (strides 16-32, at 256
-# px feature maps of 16x16 and 8x8) on several images at once: their matmuls are small per image and gain
-# from the batch, while the early stages' large activations stay in the caches only one image at a time.
+# Stages 1-3 (strides 2-8) run ``micro_batch`` images a call (DEFAULT_MICRO_BATCH: their activations are
+# large, see the module docstring), stages 4-5 and the head (strides 16-32, at 256 px feature maps of
+# 16x16 and 8x8) on up to ``late_batch`` images at once: their matmuls are small per image and gain from
+# the batch.
 LATE_STAGES_FROM = 3
 
 
@@ -194,6 +196,8 @@ class CPUInference:
             micro_batch = DEFAULT_MICRO_BATCH[precision]
         if image_layout is None:
             image_layout = DEFAULT_IMAGE_LAYOUT[precision]
+        if not isinstance(image_layout, bool):
+            raise ValueError(f"image_layout must be True, False or None (the precision's default), got {image_layout!r}")
         for name, value in (("micro_batch", micro_batch), ("late_batch", late_batch)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")

@@ -54,9 +54,11 @@ def softmax_weighted_sum(
     """For each pixel offset inside a patch, the sum over the N patches of ``inputs`` weighted by the softmax
     of ``query`` over the patches. On patches (``patch_size`` None): ``query`` (B, 1, P, N) and ``inputs``
     (B, c, P, N) give (B, c, P, 1). On images: ``query`` (B, 1, H, W) and ``inputs`` (B, c, H, W), H and W
-    multiples of the patch size, give (B, c, ph, pw). The softmax and the sum are float32 whatever the inputs'
-    dtype (under bf16 autocast neither the weights nor the sum are rounded to bf16), and so is the result."""
-    query = query.float()
+    multiples of the patch size, give (B, c, ph, pw). For bf16 or fp16 inputs (under autocast) the softmax
+    and the sum run in float32 and the result is float32: neither the weights nor the sum are rounded to
+    half precision. A float32 query is used as it is (no cast in a traced or exported graph)."""
+    if query.dtype in (torch.bfloat16, torch.float16):
+        query = query.float()
     if patch_size is None:
         return torch.sum(inputs * torch.softmax(query, dim=-1), dim=-1, keepdim=True)
     B, c, H, W = inputs.shape
@@ -115,13 +117,15 @@ class InferenceAttention(nn.Module):
         d = self.embed_dim
         if self.key_proj is None:
             query, key, value = torch.split(self.qkv_proj(x), [1, d, d], dim=1)
+            # back to the key's dtype, as the reference's context is (this uncomposed form is the reference's
+            # computation with BatchNorm folded; the composed one below keeps float32)
             context = softmax_weighted_sum(query, key, self.patch_size).to(key.dtype)
         else:
             query, value = torch.split(self.qkv_proj(x), [1, d], dim=1)
             summed = softmax_weighted_sum(query, x, self.patch_size)
             # A d x d matmul on one vector per pixel offset: in float32 even under autocast, at no measurable
-            # cost, so that the context is not rounded to bf16 a second time (a bf16 path's relative logit
-            # error 1.40e-2 to 1.19e-2 with the classifier in float32 too, width 1.0).
+            # cost, so that neither the (float32) sum nor the context is rounded to bf16 (a bf16 path's
+            # relative logit error 1.40e-2 to 1.19e-2 with the classifier in float32 too, width 1.0).
             with torch.autocast(x.device.type, enabled=False):
                 context = self.key_proj(summed.float())
         return self.out_proj(times_context(F.relu(value), context, self.patch_size))

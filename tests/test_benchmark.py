@@ -113,8 +113,14 @@ def test_time_interleaved_stops_at_its_time_limit():
 
     slow = lambda: time.sleep(0.02)  # noqa: E731
     began = time.perf_counter()
-    assert harness.time_interleaved_ms([slow, slow], reps=1000, max_seconds=0.05) == [pytest.approx(20, abs=15)] * 2
+    assert harness.time_interleaved_ms([slow, slow], reps=1000, max_seconds=0.05, settle_seconds=0) == [pytest.approx(20, abs=15)] * 2
     assert time.perf_counter() - began < 1  # 3 rounds of 4 calls, not 1000 rounds
+    # the pauses do not count against the time limit: 2 ms calls run past the 3-round minimum (about 12
+    # rounds to 0.1 s of calls) although the first round's pauses alone exceed the limit
+    calls = []
+    quick = lambda: (calls.append(1), time.sleep(0.002))  # noqa: E731
+    harness.time_interleaved_ms([quick, quick], reps=1000, max_seconds=0.05, settle_seconds=0.05)
+    assert len(calls) > 12, len(calls)
 
 
 def test_time_interleaved_lets_the_previous_provider_settle():

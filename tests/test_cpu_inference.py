@@ -85,6 +85,17 @@ def test_bad_input(model):
         fast(torch.rand(0, 3, 64, 64))
 
 
+def test_defaults_by_precision_and_explicit_choices(model):
+    # nothing compiles before the first call, so this runs on any CPU
+    for precision, micro_batch, image_layout in (("fp32", 1, False), ("bf16", 4, True)):
+        fast = CPUInference(model, precision, disk_cache=False)
+        assert (fast.micro_batch, fast.image_layout) == (micro_batch, image_layout), precision
+    chosen = CPUInference(model, "bf16", micro_batch=1, image_layout=False, disk_cache=False)
+    assert (chosen.micro_batch, chosen.image_layout) == (1, False)
+    with pytest.raises(ValueError, match="image_layout"):
+        CPUInference(model, image_layout=1)
+
+
 def test_groups_and_micro_batches_give_the_whole_batch(model):
     x = torch.rand(7, 3, 64, 64, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():

@@ -206,19 +206,23 @@ def time_interleaved_ms(
     whichever ran at the wrong moment. In a round each function waits ``settle_seconds`` (the previous
     one's spinning threads go idle), is called twice, and the second call is timed: the first absorbs what
     the previous function left behind (cold caches, threads asleep). Stops after ``reps`` rounds, or, with
-    ``max_seconds``, once ``max_seconds`` per function have passed (after at least three rounds)."""
+    ``max_seconds``, once ``max_seconds`` per function have passed, the pauses not counted (after at least
+    three rounds)."""
     times: list[list[float]] = [[] for _ in fns]
-    began = time.perf_counter()
+    began, paused = time.perf_counter(), 0.0
     while True:
         for fn, spans in zip(fns, times):
             if settle_seconds > 0:
+                pause_began = time.perf_counter()
                 time.sleep(settle_seconds)
+                paused += time.perf_counter() - pause_began
             fn()
             start = time.perf_counter()
             fn()
             spans.append((time.perf_counter() - start) * 1e3)
         rounds = len(times[0])
-        if rounds >= reps or (max_seconds is not None and rounds >= 3 and time.perf_counter() - began > max_seconds * len(fns)):
+        working = time.perf_counter() - began - paused
+        if rounds >= reps or (max_seconds is not None and rounds >= 3 and working > max_seconds * len(fns)):
             return [statistics.median(spans) for spans in times]
 
 
